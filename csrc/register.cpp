@@ -1,0 +1,55 @@
+// Every dgnerf op schema, in one place. Kernels register themselves per dispatch key in
+// <op>/<op>_cpu.cpp (CPU) and <op>/<op>_cuda.cu (CUDA); autograd and fake (meta) kernels are
+// registered from Python (dgnerf/ops/*.py) with torch.library.register_autograd / register_fake.
+#include <Python.h>
+#include <torch/library.h>
+
+#include <string>
+
+#ifndef DGNERF_TORCH_VERSION
+#define DGNERF_TORCH_VERSION "unknown"
+#endif
+#ifndef DGNERF_ARCH_LIST
+#define DGNERF_ARCH_LIST ""
+#endif
+
+namespace {
+std::string build_info() {
+  std::string s = "{\"torch_version\": \"" DGNERF_TORCH_VERSION "\", \"cuda_kernels\": ";
+#ifdef DGNERF_WITH_CUDA
+  s += "true";
+#else
+  s += "false";
+#endif
+  s += ", \"arch_list\": \"" DGNERF_ARCH_LIST "\"}";
+  return s;
+}
+}  // namespace
+
+TORCH_LIBRARY(dgnerf, m) {
+  m.def("build_info() -> str", &build_info);
+
+  // Ray sampling: a batch of pinhole cameras -> per feature pixel a ray and S depths in [near, far]
+  // (optionally clipped to a sphere). Returns points [B,H*W,S,3], dirs [B,H*W,3], depths [B,H*W,S],
+  // deltas [B,H*W,S].
+  m.def(
+      "sample_rays(Tensor c2w, Tensor intrinsics, int height, int width, int n_samples, float near, "
+      "float far, bool stratified, int seed, float sphere_radius) -> (Tensor, Tensor, Tensor, Tensor)");
+
+  // Feature volume integration: sigma [R,S], features [R,S,C], depths [R,S], deltas [R,S],
+  // background [C] -> feature [R,C], opacity [R], depth [R].
+  m.def(
+      "integrate_features(Tensor sigma, Tensor features, Tensor depths, Tensor deltas, Tensor background, "
+      "float threshold) -> (Tensor, Tensor, Tensor)");
+  // -> grad_sigma [R,S], grad_features [R,S,C], grad_depths [R,S], grad_deltas [R,S], grad_background [C]
+  m.def(
+      "integrate_features_backward(Tensor grad_feature, Tensor grad_opacity, Tensor grad_depth, Tensor sigma, "
+      "Tensor features, Tensor depths, Tensor deltas, Tensor background, float threshold) -> "
+      "(Tensor, Tensor, Tensor, Tensor, Tensor)");
+
+  // The fully-fused conditioned MLP (csrc/mlp/) adds its schemas below.
+}
+
+// The extension is a plain module whose only job is to register the ops above when imported.
+static struct PyModuleDef dgnerf_module = {PyModuleDef_HEAD_INIT, "_C", "dgnerf compiled ops", -1, nullptr};
+PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&dgnerf_module); }

@@ -1,0 +1,5 @@
+import sys
+
+from dgnerf.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Sub-commands of the `dgnerf` CLI, one module each (see dgnerf/cli.py)."""

@@ -1,0 +1,7 @@
+"""Public ops. Each dispatches to the compiled kernel of its device (torch.ops.dgnerf.*) and falls
+back to its pure-PyTorch twin in dgnerf.ops.reference when the extension or the kernel is missing."""
+from dgnerf.ops._common import set_checks
+from dgnerf.ops.integrate import integrate_features
+from dgnerf.ops.sampling import sample_rays
+
+__all__ = ["integrate_features", "sample_rays", "set_checks"]
