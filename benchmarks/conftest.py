@@ -1,0 +1,27 @@
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import harness  # noqa: E402
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    return torch.device(request.param)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if harness.RESULTS:
+        paths = harness.write_results()
+        tr = session.config.pluginmanager.get_plugin("terminalreporter")
+        text = "\n" + harness.table() + "\nwritten: " + ", ".join(paths) + "\n"
+        if tr is not None:
+            tr.write_line(text)
+        else:
+            print(text)
