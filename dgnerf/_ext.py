@@ -61,14 +61,26 @@ def warn_fallback(what: str = "") -> None:
     )
 
 
+def _kernel_table() -> dict:
+    """{(op, device_type): bool} for every dgnerf op, read once from the dispatcher (a plain dict, so
+    that torch.compile can trace the kernel-or-fallback choice without a graph break)."""
+    if not loaded:
+        return {}
+    table = {}
+    for schema in torch._C._jit_get_all_schemas():
+        if schema.name.startswith("dgnerf::"):
+            op = schema.name.split("::", 1)[1]
+            for dev, key in (("cpu", "CPU"), ("cuda", "CUDA")):
+                table[(op, dev)] = torch._C._dispatch_has_kernel_for_dispatch_key(schema.name, key)
+    return table
+
+
+KERNELS = _kernel_table()
+
+
 def has_kernel(op: str, device_type: str) -> bool:
     """True if `dgnerf::<op>` has a compiled kernel for the device type ('cpu' / 'cuda')."""
-    if not loaded:
-        return False
-    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
-    if key is None:
-        return False
-    return torch._C._dispatch_has_kernel_for_dispatch_key(f"dgnerf::{op}", key)
+    return KERNELS.get((op, device_type), False)
 
 
 def info() -> dict:

@@ -29,7 +29,8 @@ void integrate_forward_cpu_kernel(const scalar_t* sigma, const scalar_t* feat, c
       const scalar_t* sg = sigma + r * S;
       const scalar_t* dl = deltas + r * S;
       const scalar_t* tt = depths + r * S;
-      int64_t cut = ray_weights<scalar_t>(sg, dl, S, static_cast<scalar_t>(threshold), w.data(), nullptr);
+      scalar_t rest;
+      const int64_t cut = ray_weights<scalar_t>(sg, dl, S, static_cast<scalar_t>(threshold), w.data(), nullptr, &rest);
       scalar_t* of = out_f + r * C;
       for (int64_t c = 0; c < C; ++c) of[c] = scalar_t(0);
       scalar_t op = 0, dp = 0;
@@ -40,7 +41,6 @@ void integrate_forward_cpu_kernel(const scalar_t* sigma, const scalar_t* feat, c
         const scalar_t* f = feat + (r * S + i) * C;
         for (int64_t c = 0; c < C; ++c) of[c] += wi * f[c];
       }
-      const scalar_t rest = scalar_t(1) - op;
       for (int64_t c = 0; c < C; ++c) of[c] += rest * bg[c];
       out_o[r] = op;
       out_d[r] = dp;
@@ -62,10 +62,8 @@ void integrate_backward_cpu_kernel(const scalar_t* g_f, const scalar_t* g_o, con
       const scalar_t* sg = sigma + r * S;
       const scalar_t* dl = deltas + r * S;
       const scalar_t* tt = depths + r * S;
-      const int64_t cut = ray_weights<scalar_t>(sg, dl, S, static_cast<scalar_t>(threshold), w.data(), Tn.data());
-      scalar_t op = 0;
-      for (int64_t i = 0; i < cut; ++i) op += w[i];
-      rest[r] = scalar_t(1) - op;
+      const int64_t cut =
+          ray_weights<scalar_t>(sg, dl, S, static_cast<scalar_t>(threshold), w.data(), Tn.data(), rest + r);
       const scalar_t* gf = g_f + r * C;
       const scalar_t go = g_o[r], gd = g_d[r];
       // g_I . F_bg once per ray, so v_i = g_I . F_i - g_I . F_bg + g_O + g_D t_i.

@@ -108,9 +108,11 @@ DGNERF_HD T sample_delta(const T* t, int64_t i, int64_t S, T tn, T tf) {
 //   dL/dtau_k = T_{k+1} v_k - sum_{i > k, i < cut} w_i v_i
 // ---------------------------------------------------------------------------------------------
 // Weights of one ray. Writes w[i] and Tnext[i] = T_{i+1} (if Tnext is not null) for the kept
-// samples, zeros for the cut ones, and returns the number of kept samples ("cut").
+// samples, zeros for the cut ones, and returns the number of kept samples ("cut"). *T_end receives
+// the transmittance left after the kept samples, 1 - sum_i w_i, computed without cancellation (the
+// background's weight: for nearly opaque rays 1 - sum w in float32 would be mostly rounding error).
 template <typename T>
-DGNERF_HD int64_t ray_weights(const T* sigma, const T* delta, int64_t S, T threshold, T* w, T* Tnext) {
+DGNERF_HD int64_t ray_weights(const T* sigma, const T* delta, int64_t S, T threshold, T* w, T* Tnext, T* T_end) {
   T logT = T(0);  // log T_i: the running sum stays in log space, never a product of (1 - alpha)
   int64_t i = 0;
   for (; i < S; ++i) {
@@ -121,6 +123,7 @@ DGNERF_HD int64_t ray_weights(const T* sigma, const T* delta, int64_t S, T thres
     w[i] = Ti * (-expm1(-tau));  // T_i alpha_i, accurate for small tau
     if (Tnext) Tnext[i] = exp(logT);
   }
+  *T_end = exp(logT);
   for (int64_t k = i; k < S; ++k) {
     w[k] = T(0);
     if (Tnext) Tnext[k] = T(0);
