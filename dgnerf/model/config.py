@@ -1,0 +1,143 @@
+"""HeadConfig: every number of the head model (DESIGN §2), with the paper's defaults.
+
+Geometry conventions (see dgnerf.camera): the head is centred at the world origin and roughly fills
+the unit sphere; the default camera sits `camera_distance` from the origin and looks at it, and rays
+are sampled in [near, far] along the view direction. Intrinsics are pinhole with the principal point
+at the centre, given at feature-map resolution (feature_size x feature_size).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+
+from dgnerf.errors import DgnerfError
+
+SIGMA_ACTIVATIONS = ("softplus", "relu")
+
+
+@dataclass
+class HeadConfig:
+    # Conditioning codes.
+    z_id_dim: int = 512  # identity code (face-recognition feature)
+    beta_dim: int = 46  # expression coefficients
+    # Field MLP (the layout agreed with dgnerf.ops.field_mlp; DESIGN §2).
+    pos_freqs: int = 10  # gamma(x): x, sin/cos(2^k x), k < 10 -> 63-d
+    dir_freqs: int = 4  # gamma(d): d, sin/cos(2^k d), k < 4 -> 27-d
+    mlp_depth: int = 8
+    mlp_width: int = 256
+    skip_layer: int = 5  # this layer's input is cat([u, h]) with u = [gamma(x), z_id, beta]
+    dir_width: int = 128
+    feature_dim: int = 512
+    # softplus keeps a gradient everywhere (a ReLU density can die during training); "relu" is the
+    # original NeRF choice. Applied outside the MLP, to the raw sigma head output.
+    sigma_activation: str = "softplus"
+    # Volume rendering of the feature map.
+    feature_size: int = 32  # feature map is feature_size x feature_size
+    n_samples: int = 64
+    near: float = 2.5
+    far: float = 5.5
+    sphere_radius: float = 0.0  # > 0 clips each ray's [near, far] to this sphere around the head
+    background_init_std: float = 0.1  # the learned background feature F_bg starts as N(0, std^2)
+    # Camera defaults (dgnerf.camera.default_intrinsics / orbit_c2w).
+    camera_distance: float = 4.0
+    fov_deg: float = 30.0
+    # Neural renderer: per block 2x upsample, 3x3 conv, LeakyReLU; feature_dim -> channels[0] -> ...
+    renderer_channels: tuple = (256, 128, 64)
+    leaky_slope: float = 0.2
+    image_size: int = 256
+
+    def __post_init__(self):
+        self.renderer_channels = tuple(int(c) for c in self.renderer_channels)
+        self.validate()
+
+    # ------------------------------------------------------------------ derived sizes
+    @property
+    def pos_enc_dim(self) -> int:
+        return 3 + 6 * self.pos_freqs
+
+    @property
+    def dir_enc_dim(self) -> int:
+        return 3 + 6 * self.dir_freqs
+
+    @property
+    def cond_dim(self) -> int:
+        return self.z_id_dim + self.beta_dim
+
+    @property
+    def input_dim(self) -> int:
+        """Width of the unfolded MLP input u = [gamma(x), z_id, beta]."""
+        return self.pos_enc_dim + self.cond_dim
+
+    @property
+    def focal(self) -> float:
+        """Focal length in feature-map pixels for the default field of view."""
+        return 0.5 * self.feature_size / math.tan(math.radians(self.fov_deg) / 2)
+
+    # ------------------------------------------------------------------ checks and (de)serialisation
+    def validate(self) -> None:
+        def need(cond, name, expected):
+            if not cond:
+                raise DgnerfError(f"HeadConfig: '{name}' expected {expected}, got {getattr(self, name)!r}")
+
+        for name in ("z_id_dim", "beta_dim", "mlp_depth", "mlp_width", "dir_width", "feature_dim",
+                     "feature_size", "n_samples", "image_size"):
+            v = getattr(self, name)
+            need(isinstance(v, int) and not isinstance(v, bool) and v > 0, name, "a positive int")
+        for name in ("pos_freqs", "dir_freqs"):
+            v = getattr(self, name)
+            need(isinstance(v, int) and not isinstance(v, bool) and v >= 0, name, "an int >= 0")
+        need(1 <= self.skip_layer < self.mlp_depth or self.skip_layer == -1, "skip_layer",
+             f"-1 (no skip) or an index in [1, mlp_depth={self.mlp_depth})")
+        need(self.sigma_activation in SIGMA_ACTIVATIONS, "sigma_activation", f"one of {SIGMA_ACTIVATIONS}")
+        need(0 <= self.near < self.far, "near", f"0 <= near < far ({self.far})")
+        need(0 < self.fov_deg < 180, "fov_deg", "a field of view in (0, 180) degrees")
+        need(self.camera_distance > 0, "camera_distance", "> 0")
+        need(self.sphere_radius >= 0, "sphere_radius", ">= 0")
+        need(len(self.renderer_channels) >= 1 and all(c > 0 for c in self.renderer_channels),
+             "renderer_channels", "a non-empty tuple of positive ints")
+        scale = 2 ** len(self.renderer_channels)
+        need(self.image_size == self.feature_size * scale, "image_size",
+             f"feature_size * 2^len(renderer_channels) = {self.feature_size} * {scale} = {self.feature_size * scale}")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["renderer_channels"] = list(self.renderer_channels)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "HeadConfig":
+        if not isinstance(d, dict):
+            raise DgnerfError(f"HeadConfig: expected a JSON object, got {type(d).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise DgnerfError(f"HeadConfig: unknown field(s) {unknown}; known fields are {sorted(known)}")
+        try:
+            return cls(**d)
+        except TypeError as e:
+            raise DgnerfError(f"HeadConfig: {e}") from None
+
+    @classmethod
+    def from_json(cls, s: str) -> "HeadConfig":
+        try:
+            d = json.loads(s)
+        except ValueError as e:
+            raise DgnerfError(f"HeadConfig: the config is not valid JSON ({e})") from None
+        return cls.from_dict(d)
+
+    @classmethod
+    def tiny(cls, **overrides) -> "HeadConfig":
+        """A small config with the same structure, for tests and quick experiments."""
+        base = dict(z_id_dim=16, beta_dim=6, pos_freqs=4, dir_freqs=2, mlp_depth=4, mlp_width=32,
+                    skip_layer=2, dir_width=16, feature_dim=24, feature_size=8, n_samples=12,
+                    renderer_channels=(16, 8), image_size=32)
+        base.update(overrides)
+        return cls(**base)
+
+
+__all__ = ["HeadConfig", "SIGMA_ACTIVATIONS"]

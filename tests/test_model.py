@@ -1,0 +1,198 @@
+"""HeadModel: the fast path equals the reference path (values and gradients) on the same weights;
+the approximate flags stay close; input errors name the argument."""
+import math
+
+import pytest
+import torch
+
+from dgnerf.camera import c2w_from_w2c, default_intrinsics, look_at, orbit_c2w
+from dgnerf.model import HeadConfig, HeadModel, psnr
+from dgnerf.model.field import positional_encoding
+
+from tests.conftest import rel_err
+
+
+def _randomize(model: HeadModel, scale: float = 1.0):
+    # Fresh random weights everywhere (biases and background too, never zeros).
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p) * (scale / math.sqrt(max(1, p[0].numel() if p.dim() > 1 else 4))))
+    return model
+
+
+def _inputs(cfg, B=2, dtype=torch.float32):
+    z = torch.randn(B, cfg.z_id_dim, dtype=dtype)
+    beta = torch.randn(B, cfg.beta_dim, dtype=dtype)
+    c2w = orbit_c2w(torch.rand(B) * 40 - 20, torch.rand(B) * 20 - 10, torch.rand(B) * 10 - 5, cfg.camera_distance, dtype=dtype)
+    K = default_intrinsics(cfg, B, dtype) * (1 + 0.05 * torch.rand(B, 1, dtype=dtype))
+    return z, beta, c2w, K
+
+
+@pytest.mark.parametrize("activation", ["softplus", "relu"])
+def test_fast_equals_reference_values(activation):
+    cfg = HeadConfig.tiny(sigma_activation=activation)
+    model = _randomize(HeadModel(cfg))
+    z, beta, c2w, K = _inputs(cfg)
+    ref = model(z, beta, c2w, K, path="reference")
+    fast = model(z, beta, c2w, K, path="fast")
+    assert ref["image"].shape == (2, 3, cfg.image_size, cfg.image_size)
+    assert ref["feature_map"].shape == (2, cfg.feature_dim, cfg.feature_size, cfg.feature_size)
+    assert psnr(fast["image"], ref["image"]) >= 50
+    for k in ("feature_map", "opacity", "depth", "image"):
+        assert rel_err(fast[k], ref[k]) < 1e-5, k
+
+
+def test_fast_equals_reference_gradients():
+    cfg = HeadConfig.tiny()
+    model = _randomize(HeadModel(cfg))
+    z, beta, c2w, K = _inputs(cfg)
+    target = torch.rand(2, 3, cfg.image_size, cfg.image_size)
+    w_op, w_d = torch.randn(2, cfg.feature_size, cfg.feature_size), torch.randn(2, cfg.feature_size, cfg.feature_size)
+
+    def grads(path):
+        zz, bb, cc = (t.clone().requires_grad_(True) for t in (z, beta, c2w))
+        model.zero_grad()
+        out = model(zz, bb, cc, K, path=path)
+        loss = ((out["image"] - target) ** 2).mean() + (out["opacity"] * w_op).mean() + 0.1 * (out["depth"] * w_d).mean()
+        loss.backward()
+        g = {n: p.grad.clone() for n, p in model.named_parameters()}
+        g.update(z_id=zz.grad, beta=bb.grad, c2w=cc.grad)
+        return g
+
+    gr, gf = grads("reference"), grads("fast")
+    assert set(gr) == set(gf)
+    for name in gr:
+        assert torch.isfinite(gf[name]).all(), name
+        assert gr[name].abs().sum() > 0, name
+        assert rel_err(gf[name], gr[name]) < 1e-4, (name, rel_err(gf[name], gr[name]))
+
+
+def test_fast_equals_reference_float64_stratified():
+    cfg = HeadConfig.tiny(sphere_radius=1.3)
+    model = _randomize(HeadModel(cfg)).double()
+    z, beta, c2w, K = _inputs(cfg, B=1, dtype=torch.float64)
+    ref = model(z, beta, c2w, K, path="reference", stratified=True, seed=7)
+    fast = model(z, beta, c2w, K, path="fast", stratified=True, seed=7)
+    assert rel_err(fast["image"], ref["image"]) < 1e-10
+    assert rel_err(fast["depth"], ref["depth"]) < 1e-10
+
+
+@pytest.mark.parametrize("flags,min_db", [
+    (dict(ert_threshold=1e-3, ert_chunk=4), 40.0),
+    (dict(skip_stride=3, skip_eps=1e-4), 40.0),
+    (dict(skip_stride=3, skip_eps=1e-4, ert_threshold=1e-3), 35.0),
+    (dict(precision="bf16"), 35.0),
+])
+def test_approximate_flags_close(flags, min_db):
+    cfg = HeadConfig.tiny()
+    model = _randomize(HeadModel(cfg))
+    z, beta, c2w, K = _inputs(cfg)
+    exact = model(z, beta, c2w, K, path="fast")
+    approx = model(z, beta, c2w, K, path="fast", **flags)
+    assert approx["image"].dtype == torch.float32
+    assert psnr(approx["image"], exact["image"]) >= min_db
+
+
+def test_ert_equals_integration_threshold():
+    # Chunked early termination evaluates fewer samples but gives the same result as cutting the full field.
+    cfg = HeadConfig.tiny()
+    model = _randomize(HeadModel(cfg), scale=3.0)
+    z, beta, c2w, K = _inputs(cfg)
+    full = model(z, beta, c2w, K, path="fast", ert_threshold=0.05, ert_chunk=cfg.n_samples)
+    chunked = model(z, beta, c2w, K, path="fast", ert_threshold=0.05, ert_chunk=3)
+    assert rel_err(chunked["feature_map"], full["feature_map"]) < 1e-5
+
+
+def test_approximate_paths_have_gradients():
+    cfg = HeadConfig.tiny()
+    model = _randomize(HeadModel(cfg))
+    z, beta, c2w, K = _inputs(cfg)
+    z.requires_grad_(True)
+    for flags in (dict(ert_threshold=1e-3, ert_chunk=4), dict(skip_stride=3), dict(precision="bf16")):
+        model.zero_grad()
+        z.grad = None
+        model(z, beta, c2w, K, **flags)["image"].sum().backward()
+        assert torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0
+        assert model.field.trunk[0].weight.grad.abs().sum() > 0
+
+
+def test_default_config_shapes_and_numbers():
+    cfg = HeadConfig()
+    assert (cfg.z_id_dim, cfg.beta_dim, cfg.feature_dim, cfg.feature_size, cfg.image_size) == (512, 46, 512, 32, 256)
+    assert (cfg.n_samples, cfg.mlp_depth, cfg.mlp_width, cfg.skip_layer, cfg.pos_freqs, cfg.dir_freqs) == (64, 8, 256, 5, 10, 4)
+    assert cfg.renderer_channels == (256, 128, 64) and cfg.pos_enc_dim == 63 and cfg.dir_enc_dim == 27
+    model = HeadModel(cfg)
+    f = model.field
+    assert f.trunk[0].weight.shape == (256, 63 + 558)
+    assert f.trunk[5].weight.shape == (256, 63 + 558 + 256)
+    assert f.dir_layer.weight.shape == (128, 256 + 27) and f.out.weight.shape == (512, 128)
+    assert model.background.shape == (512,)
+
+
+def test_config_validation_and_json_roundtrip():
+    cfg = HeadConfig.tiny(near=1.5)
+    assert HeadConfig.from_json(cfg.to_json()) == cfg
+    with pytest.raises(Exception, match="image_size"):
+        HeadConfig(image_size=128)
+    with pytest.raises(Exception, match="sigma_activation"):
+        HeadConfig(sigma_activation="exp")
+    with pytest.raises(Exception, match="unknown field"):
+        HeadConfig.from_dict({"widht": 3})
+
+
+def test_input_errors_name_the_argument():
+    cfg = HeadConfig.tiny()
+    model = HeadModel(cfg)
+    z, beta, c2w, K = _inputs(cfg)
+    with pytest.raises(ValueError, match="'z_id'"):
+        model(z[:, :-1], beta, c2w, K)
+    with pytest.raises(ValueError, match="'beta'"):
+        model(z, beta[:1], c2w, K)
+    with pytest.raises(ValueError, match="'c2w'"):
+        model(z, beta, c2w[:, :2], K)
+    bad = beta.clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="'beta'.*NaN"):
+        model(z, bad, c2w, K)
+    with pytest.raises(ValueError, match="'path'"):
+        model(z, beta, c2w, K, path="fused")
+    with pytest.raises(ValueError, match="fp16"):
+        model(z, beta, c2w, K, precision="fp16")
+    with pytest.raises(ValueError, match="reference path"):
+        model(z, beta, c2w, K, path="reference", ert_threshold=0.01)
+
+
+def test_graphed_needs_cuda():
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present: covered by the GPU test")
+    with pytest.raises(ValueError, match="CUDA"):
+        HeadModel(HeadConfig.tiny()).graphed()
+
+
+def test_positional_encoding_layout():
+    x = torch.randn(5, 3)
+    e = positional_encoding(x, 3)
+    assert e.shape == (5, 21)
+    assert torch.equal(e[:, :3], x)
+    assert torch.allclose(e[:, 3:6], torch.sin(x)) and torch.allclose(e[:, 6:9], torch.cos(x))
+    assert torch.allclose(e[:, 15:18], torch.sin(4 * x))
+
+
+def test_camera_conventions():
+    c = orbit_c2w(0, 0, 0, 4.0)[0]
+    assert torch.allclose(c[:3, :3], torch.eye(3)) and torch.allclose(c[:3, 3], torch.tensor([0.0, 0, -4]))
+    c = orbit_c2w(90, 0, 0, 4.0)[0]
+    assert torch.allclose(c[:3, 3], torch.tensor([-4.0, 0, 0]), atol=1e-5)  # +yaw -> towards world -x
+    c = orbit_c2w(0, 30, 0, 4.0)[0]
+    assert c[1, 3] > 0  # +pitch -> below the head (y down)
+    for yaw, pitch, roll in ((25, -10, 5), (-40, 15, 0)):
+        c = orbit_c2w(yaw, pitch, roll, 3.0)[0]
+        assert torch.allclose(c[:3, :3] @ c[:3, :3].T, torch.eye(3), atol=1e-6)
+        # The optical axis passes through the head centre.
+        assert torch.allclose(torch.linalg.cross(c[:3, 2], -c[:3, 3]), torch.zeros(3), atol=1e-5)
+        w2c = torch.linalg.inv(c)[None]
+        assert torch.allclose(c2w_from_w2c(w2c)[0], c, atol=1e-5)
+    la = look_at(torch.tensor([[0.0, 0, -4]]))
+    assert torch.allclose(la, orbit_c2w(0, 0, 0, 4.0), atol=1e-6)
+    K = default_intrinsics(HeadConfig(), 2)
+    assert K.shape == (2, 4) and torch.allclose(K[:, 2:], torch.full((2, 2), 16.0))
