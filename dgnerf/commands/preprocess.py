@@ -1,0 +1,70 @@
+"""`dgnerf preprocess VIDEO_OR_IMAGE_DIR... --out DATASET`: real videos -> a training set (docs/preprocess.md);
+`dgnerf preprocess import ...`: a user's own tracking results (3DMM coefficients + poses) -> a dataset."""
+import sys
+
+
+def register(sub):
+    p = sub.add_parser(
+        "preprocess",
+        help="videos / image folders -> dataset (tracking, pose, crop, mask, codes); 'preprocess import' for own tracking",
+        description="Turn videos or image folders (one person each) into a dgnerf dataset. "
+        "`dgnerf preprocess import --help` imports your own tracker's results instead.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="VIDEO_OR_IMAGE_DIR")
+    p.add_argument("--out", required=True, metavar="DATASET", help="output dataset directory")
+    p.add_argument("--resolution", type=int, default=256, help="square crop size in pixels (default 256)")
+    p.add_argument("--preview", action="store_true", help="write DATASET/preview.png: landmarks, pose axes and masks")
+    p.add_argument("--identity", choices=["facenet", "adaface"], default="facenet", help="identity encoder (default facenet)")
+    p.add_argument("--adaface", metavar="CKPT.safetensors", help="AdaFace IR weights (safetensors) for --identity adaface")
+    p.add_argument("--expression-basis", metavar="DATASET_OR_FILE", help="project into this existing basis instead of building one")
+    p.add_argument("--expression-dim", type=int, default=46, help="components of a new basis (default 46)")
+    p.add_argument("--fov", type=float, default=50.0, help="assumed field of view across the longer image side, degrees (default 50)")
+    p.add_argument("--smooth", type=float, default=1.0, help="temporal pose smoothing sigma in frames (0 = off; default 1)")
+    p.add_argument("--split", default="train", help="split of these persons (train, val, test; default train)")
+    p.add_argument("--max-frames", type=int, default=None, help="use at most this many frames per input")
+    p.add_argument("--stride", type=int, default=1, help="use every STRIDE-th frame")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_run)
+
+
+def _run(args):
+    if args.inputs and args.inputs[0] == "import":
+        from dgnerf.preprocess.importer import main as import_main
+
+        return import_main(args.inputs[1:] + _passthrough(args))
+    from dgnerf.errors import DgnerfError
+    from dgnerf.preprocess.pipeline import Options, run
+
+    if args.stride < 1:
+        raise DgnerfError(f"--stride: expected >= 1, got {args.stride}")
+    if args.max_frames is not None and args.max_frames < 1:
+        raise DgnerfError(f"--max-frames: expected >= 1, got {args.max_frames}")
+    if not (1 <= args.expression_dim <= 1404):
+        raise DgnerfError(f"--expression-dim: expected 1..1404, got {args.expression_dim}")
+    opts = Options(
+        resolution=args.resolution,
+        fov_deg=args.fov,
+        smooth_sigma=args.smooth,
+        expression_dim=args.expression_dim,
+        split=args.split,
+        max_frames=args.max_frames,
+        stride=args.stride,
+        identity=args.identity,
+        adaface=args.adaface,
+        expression_basis=args.expression_basis,
+        preview=args.preview,
+        overwrite=args.overwrite,
+        progress=not args.no_progress and sys.stderr.isatty(),
+    )
+    summary = run(args.inputs, args.out, opts)
+    print(summary.format())
+    return 0
+
+
+def _passthrough(args):
+    # `dgnerf preprocess import ... --out X` : argparse consumed --out/--overwrite; hand them back
+    extra = ["--out", args.out]
+    if args.overwrite:
+        extra.append("--overwrite")
+    return extra
