@@ -25,15 +25,27 @@ def register(sub):
     p.add_argument("--stride", type=int, default=1, help="use every STRIDE-th frame")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
     p.add_argument("--no-progress", action="store_true")
+    g = p.add_argument_group("import of your own tracking (dgnerf preprocess import --tracking TRACK.json --out DATASET)")
+    g.add_argument("--tracking", metavar="TRACK.json|.npz", help="per-frame images, poses, intrinsics, expression coefficients (docs/preprocess.md)")
+    g.add_argument("--head-radius", type=float, default=1.3, help="head_radius of the imported set, in its translation units")
+    g.add_argument("--full-masks", action="store_true", help="frames without a mask get an all-255 mask")
     p.set_defaults(func=_run)
 
 
 def _run(args):
-    if args.inputs and args.inputs[0] == "import":
-        from dgnerf.preprocess.importer import main as import_main
-
-        return import_main(args.inputs[1:] + _passthrough(args))
     from dgnerf.errors import DgnerfError
+
+    if args.inputs and args.inputs[0] == "import":
+        if len(args.inputs) > 1:
+            raise DgnerfError(f"preprocess import: unexpected arguments {args.inputs[1:]}; give the file with --tracking")
+        if not args.tracking:
+            raise DgnerfError("preprocess import: --tracking TRACK.json (or .npz) is required")
+        from dgnerf.preprocess.importer import import_tracking
+
+        res = import_tracking(args.tracking, args.out, args.resolution, args.head_radius, args.full_masks, args.overwrite)
+        return 0 if res["kept"] else 1
+    if args.tracking:
+        raise DgnerfError("--tracking belongs to `dgnerf preprocess import`")
     from dgnerf.preprocess.pipeline import Options, run
 
     if args.stride < 1:
@@ -61,10 +73,3 @@ def _run(args):
     print(summary.format())
     return 0
 
-
-def _passthrough(args):
-    # `dgnerf preprocess import ... --out X` : argparse consumed --out/--overwrite; hand them back
-    extra = ["--out", args.out]
-    if args.overwrite:
-        extra.append("--overwrite")
-    return extra

@@ -245,7 +245,7 @@ def apply_similarity(s, R, t, X):
 # ---------------------------------------------------------------------------------------------- crop
 
 
-def crop_from_pose(R, t, K, center_head=(0.0, 1.5, -2.0), extent_cm: float = 32.0) -> tuple[float, float, float]:
+def crop_from_pose(R, t, K, center_head=(0.0, 2.5, -2.0), extent_cm: float = 33.0) -> tuple[float, float, float]:
     """Square crop (x0, y0, size) in source-image coordinates that follows the head: centred on the
     projection of a point of the head frame, `extent_cm` wide at that point's depth."""
     c = R @ np.asarray(center_head, np.float64) + t

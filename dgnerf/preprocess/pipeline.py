@@ -4,7 +4,7 @@ Per source (one person each), two passes over the frames:
 1. track: MediaPipe face mesh (478 landmarks), the one tracked face per frame (sources.TrackSelector),
    head pose by PnP of the 468 face landmarks against the canonical metric face mesh, then Gaussian
    temporal smoothing of the poses;
-2. crop: a square crop that follows the smoothed head pose (a fixed 32 cm wide at the head's depth,
+2. crop: a square crop that follows the smoothed head pose (a fixed 33 cm wide at the head's depth,
    so the head has the same size in every crop), intrinsics adjusted to the crop; head mask = selfie
    segmentation of the crop inside the projected head ellipsoid; identity code from the source frame.
 Then, over the whole set: the expression basis (expression.py) and every frame's code, gaze features,
@@ -51,7 +51,7 @@ class Options:
     resolution: int = 256
     fov_deg: float = 50.0
     smooth_sigma: float = 1.0
-    crop_extent_cm: float = 32.0
+    crop_extent_cm: float = 33.0
     expression_dim: int = 46
     split: str = "train"
     max_frames: int | None = None
@@ -296,9 +296,13 @@ def crop_source(src, frames, report, opts, segment_fn, encoder, stage: Path, tqd
                 A = np.array([[res / prob.shape[1], 0, 0], [0, res / prob.shape[0], 0]])
                 prob = warp_affine(prob, A, (res, res))
             region = head_region(f.R, f.t, f.K_crop, (res, res), uv_crop[:N_FACE])
-            mask = head_mask(prob, region)
-            hull = erode(fill_polygon((res, res), convex_hull(uv_crop[:N_FACE])), 1)
-            f.mask_cover = float((mask[hull] >= 128).mean()) if hull.any() else float("nan")
+            face = fill_polygon((res, res), convex_hull(uv_crop[:N_FACE]))
+            # the face's own hull is head whatever the segmenter says (it misses open mouths)
+            seg_mask = head_mask(prob, region)
+            mask = np.maximum(seg_mask, np.where(face, 255, 0).astype(np.uint8))
+            hull = erode(face, 1)
+            # coverage is measured on the segmenter's own mask, before the hull is added
+            f.mask_cover = float((seg_mask[hull] >= 128).mean()) if hull.any() else float("nan")
             f.identity = np.asarray(encoder(rgb, uv_src), np.float32)
             if not np.isfinite(f.identity).all():
                 raise ValueError("identity code is not finite")

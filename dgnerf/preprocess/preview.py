@@ -46,7 +46,7 @@ def contact_sheet(out_dir: Path, frames: list, resolution: int, n: int = 12, col
         z = np.load(f.staged, allow_pickle=False)
         uv = G.to_crop(f.lm[:, :2] * np.array([f.hw[1], f.hw[0]]), *f.crop, resolution)
         yaw, pitch, roll = G.euler_from_head_rotation(f.R)
-        label = f"{f.label[-28:]} y{yaw:+.0f} p{pitch:+.0f} r{roll:+.0f} e{f.err:.2f}px"
+        label = f"#{f.number} y{yaw:+.0f} p{pitch:+.0f} r{roll:+.0f} e{f.err:.2f}px"
         tiles.append(draw_frame(z["image"], z["mask"], uv, f.R, f.t, f.K_crop, label))
     rows = (len(tiles) + cols - 1) // cols
     c = min(cols, len(tiles))

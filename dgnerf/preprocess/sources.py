@@ -176,10 +176,19 @@ class TrackSelector:
         return faces[k], None
 
 
+def _quiet_mediapipe():
+    # MediaPipe's C++ logging (glog/absl) floods stderr with INFO/WARNING lines per graph; keep errors
+    import os
+
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
 class MediaPipeFaces:
     """MediaPipe's legacy face mesh (478 landmarks with irises) on RGB frames."""
 
     def __init__(self, static: bool, max_faces: int = 4, min_confidence: float = 0.5):
+        _quiet_mediapipe()
         try:
             import mediapipe as mp
         except Exception as e:  # noqa: BLE001
@@ -212,6 +221,7 @@ class MediaPipeSegmenter:
     """MediaPipe selfie segmentation: person probability [H, W] in [0, 1]."""
 
     def __init__(self, model_selection: int = 0):
+        _quiet_mediapipe()
         import mediapipe as mp
 
         self._seg = mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=model_selection)
