@@ -39,6 +39,7 @@ void integrate_forward_cpu_kernel(const scalar_t* sigma, const scalar_t* feat, c
         op += wi;
         dp += wi * tt[i];
         const scalar_t* f = feat + (r * S + i) * C;
+#pragma omp simd
         for (int64_t c = 0; c < C; ++c) of[c] += wi * f[c];
       }
       for (int64_t c = 0; c < C; ++c) of[c] += rest * bg[c];
@@ -68,6 +69,7 @@ void integrate_backward_cpu_kernel(const scalar_t* g_f, const scalar_t* g_o, con
       const scalar_t go = g_o[r], gd = g_d[r];
       // g_I . F_bg once per ray, so v_i = g_I . F_i - g_I . F_bg + g_O + g_D t_i.
       scalar_t gbg = 0;
+#pragma omp simd reduction(+ : gbg)
       for (int64_t c = 0; c < C; ++c) gbg += gf[c] * bg[c];
       for (int64_t i = 0; i < S; ++i) {
         const scalar_t* f = feat + (r * S + i) * C;
@@ -75,6 +77,9 @@ void integrate_backward_cpu_kernel(const scalar_t* g_f, const scalar_t* g_o, con
         if (i < cut) {
           const scalar_t wi = w[i];
           scalar_t dot = 0;
+          // The reduction may be reordered (simd lanes): without this the strict FP order keeps the
+          // loop scalar, and it is the backward pass's hot loop.
+#pragma omp simd reduction(+ : dot)
           for (int64_t c = 0; c < C; ++c) {
             dot += gf[c] * f[c];
             gF[c] = wi * gf[c];
