@@ -4,7 +4,12 @@ import pytest
 import torch
 
 HAS_CUDA = torch.cuda.is_available()
-requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+_skip_without_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+
+
+def requires_cuda(fn):
+    """Mark a test as a CUDA test (`pytest -m cuda` selects them on a GPU machine) that skips cleanly without one."""
+    return pytest.mark.cuda(_skip_without_cuda(fn))
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -139,7 +139,6 @@ def test_noncontiguous_inputs_are_accepted_by_the_public_op():
 
 
 @requires_cuda
-@pytest.mark.cuda
 @pytest.mark.parametrize(
     "dtype,tol", [(torch.float32, 1e-5), (torch.float64, 1e-10), (torch.float16, 1e-2), (torch.bfloat16, 2e-2)]
 )
@@ -162,7 +161,6 @@ def test_cuda_matches_reference(dtype, tol, threshold):
 
 
 @requires_cuda
-@pytest.mark.cuda
 def test_cuda_graph_capture():
     inputs = make_inputs(64, 16, 32, device="cuda")
     dgnerf.ops.set_checks(False)

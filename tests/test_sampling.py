@@ -138,7 +138,6 @@ def test_bad_inputs_named(kwargs, words):
 
 
 @requires_cuda
-@pytest.mark.cuda
 @pytest.mark.parametrize("stratified", [False, True])
 def test_cuda_matches_reference(stratified):
     if not _ext.has_kernel("sample_rays", "cuda"):
