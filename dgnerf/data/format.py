@@ -310,7 +310,8 @@ class DatasetWriter:
 
     def set_expression_basis(self, tensors: dict, metadata: dict | None = None) -> None:
         """Stores the expression basis with the set: tensors must hold 'basis' [E, D] (row k = component k);
-        anything else (e.g. 'mean' [D], 'stddev' [E]) is kept as is. metadata: str -> str."""
+        anything else (e.g. 'mean' [D], 'stddev' [E]) is kept as is. metadata: str -> str, stored as sorted
+        JSON under the safetensors metadata key 'dgnerf' (read it with `expression_basis_metadata`)."""
         if "basis" not in tensors:
             raise DgnerfError("set_expression_basis: tensors must contain 'basis' [E, D]")
         out = {k: np.ascontiguousarray(_to_numpy(v, f"expression basis {k}")) for k, v in tensors.items()}
@@ -318,7 +319,9 @@ class DatasetWriter:
         if b.ndim != 2 or b.shape[0] != self.expression_dim:
             raise DgnerfError(f"expression basis: 'basis' must be [E={self.expression_dim}, D], got shape {list(b.shape)}")
         self._basis = out
-        self._basis_meta = {str(k): str(v) for k, v in (metadata or {}).items()}
+        # one key holding sorted JSON: safetensors writes its metadata map in hash order, which would make
+        # the bytes differ between runs
+        self._basis_meta = {"dgnerf": json.dumps({str(k): str(v) for k, v in (metadata or {}).items()}, sort_keys=True)}
 
     def close(self) -> str:
         """Writes frames.safetensors (or .npz), the basis and manifest.json (last); returns the root."""
@@ -680,6 +683,17 @@ class HeadDataset:
         from safetensors.torch import load_file
 
         return load_file(os.path.join(self.root, name))
+
+    def expression_basis_metadata(self) -> dict:
+        """The string metadata stored with the expression basis ({} when there is none)."""
+        name = self.manifest.get("expression_basis")
+        if not name:
+            return {}
+        from safetensors import safe_open
+
+        with safe_open(os.path.join(self.root, name), "np") as f:
+            meta = f.metadata() or {}
+        return json.loads(meta["dgnerf"]) if "dgnerf" in meta else dict(meta)
 
     def __len__(self) -> int:
         return len(self.frames)

@@ -1,0 +1,97 @@
+"""The built-in procedural head set: deterministic bytes, split by person, codes as documented."""
+import filecmp
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from dgnerf.data import HeadDataset, check_dataset
+from dgnerf.data import synthetic as S
+from dgnerf.errors import DgnerfError
+
+
+def _files(root):
+    out = []
+    for d, _, fs in os.walk(root):
+        out += [os.path.relpath(os.path.join(d, f), root) for f in fs]
+    return sorted(out)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("syn") / "a"
+    info = S.build_synthetic_dataset(root, size="tiny", seed=7, preview=True)
+    return root, info
+
+
+def test_same_seed_same_bytes(tiny, tmp_path):
+    root, _ = tiny
+    S.build_synthetic_dataset(tmp_path / "b", size="tiny", seed=7, preview=True)
+    assert _files(root) == _files(tmp_path / "b")
+    for f in _files(root):
+        assert filecmp.cmp(root / f, tmp_path / "b" / f, shallow=False), f
+    S.build_synthetic_dataset(tmp_path / "c", size="tiny", seed=8)
+    assert not filecmp.cmp(root / "images/000000.png", tmp_path / "c" / "images/000000.png", shallow=False)
+
+
+def test_valid_and_split_by_person(tiny):
+    root, info = tiny
+    assert check_dataset(root) == []
+    assert os.path.isfile(info["preview"])
+    tr, te = HeadDataset(root, split="train"), HeadDataset(root, split="test")
+    assert len(tr) == 9 and len(te) == 3
+    assert set(tr.split_persons).isdisjoint(te.split_persons) and len(te.split_persons) == 1
+    train_people = {int(tr[i]["person"]) for i in range(len(tr))}
+    assert {int(te[i]["person"]) for i in range(len(te))}.isdisjoint(train_people)
+
+
+def test_images_masks_and_codes(tiny):
+    root, _ = tiny
+    ds = HeadDataset(root)
+    items = [ds[i] for i in range(len(ds))]
+    for it in items:
+        m = it["mask"][0]
+        assert 0.15 < m.mean() < 0.95  # a head fills a good part of the frame
+        assert torch.all(it["image"][:, m == 0] == 1.0)  # white background outside the mask
+        assert abs(it["identity"].norm().item() - 1) < 1e-5
+        assert it["expression"].shape == (46,) and it["gaze"].shape == (2,)
+    by_person = {}
+    for it in items:
+        by_person.setdefault(int(it["person"]), []).append(it)
+    ids = [v[0]["identity"] for v in by_person.values()]
+    for v in by_person.values():
+        assert all(torch.equal(x["identity"], v[0]["identity"]) for x in v)
+    cos = torch.stack(ids) @ torch.stack(ids).T
+    assert (cos - torch.eye(len(ids))).abs().max() < 0.9  # different people, different codes
+    # the stored basis maps codes back to the expression parameters (orthonormal columns)
+    B = ds.expression_basis()["basis"]
+    params = torch.stack([it["expression"] for it in items]) @ B
+    assert torch.allclose(params @ B.T, torch.stack([it["expression"] for it in items]), atol=1e-5)
+    assert torch.allclose(params[:, 6:8], torch.stack([it["gaze"] for it in items]), atol=1e-5)
+    assert params[:, 0].min() >= -1e-5 and params[:, 0].max() <= 1 + 1e-5  # jaw opening in [0, 1]
+
+
+def test_person_identity_independent_of_set_size():
+    a = S.identity_code(S.sample_identity(np.random.default_rng([3, 1, 0])))
+    b = S.identity_code(S.sample_identity(np.random.default_rng([3, 1, 0])))
+    assert np.array_equal(a, b)
+
+
+def test_expression_changes_the_image():
+    p = S.sample_identity(np.random.default_rng(0))
+    c2w = S.pose_c2w(0, 0, 0, 4.6)[None]
+    K = np.array([[80.0, 80.0, 24.0, 24.0]])
+    neutral = np.zeros(len(S.EXPRESSION_PARAMS))
+    open_mouth = neutral.copy()
+    open_mouth[0] = 1.0
+    a, ma = S.render_frames([S.frame_params(p, neutral)], c2w, K, 48, 48)
+    b, mb = S.render_frames([S.frame_params(p, open_mouth)], c2w, K, 48, 48)
+    assert np.abs(a.astype(int) - b.astype(int)).sum() > 1000
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(DgnerfError, match="size"):
+        S.build_synthetic_dataset(tmp_path / "x", size="huge")
+    with pytest.raises(DgnerfError, match="test_persons"):
+        S.build_synthetic_dataset(tmp_path / "x", size="tiny", test_persons=4)
