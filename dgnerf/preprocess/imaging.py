@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw
 def _to_tensor(img: np.ndarray) -> tuple[torch.Tensor, bool]:
     a = np.asarray(img)
     gray = a.ndim == 2
-    t = torch.from_numpy(np.ascontiguousarray(a if not gray else a[..., None])).float()
+    t = torch.from_numpy(np.array(a if not gray else a[..., None], copy=True)).float()
     return t.permute(2, 0, 1)[None], gray
 
 
