@@ -48,6 +48,21 @@ TORCH_LIBRARY(dgnerf, m) {
       "(Tensor, Tensor, Tensor, Tensor, Tensor)");
 
   // The fully-fused conditioned MLP (csrc/mlp/) adds its schemas below.
+  // Field MLP (csrc/include/dgnerf/mlp.h): x_enc [B,P,Dx], d_enc [B,P,Dd], folded per-image biases
+  // cond0/cond_skip [B,W] -> sigma [B,P], out [B,P,F] (feature) or [B,P,Wd] (hidden), and the saved
+  // activations (flat, compute dtype; empty unless save). precision: 0 exact, 1 bf16, 2 fp16.
+  m.def(
+      "field_mlp_forward(Tensor x_enc, Tensor d_enc, Tensor cond0, Tensor? cond_skip, Tensor w0x, "
+      "Tensor[] hidden_w, Tensor[] hidden_b, Tensor? skip_wx, Tensor sigma_w, Tensor sigma_b, Tensor dir_w, "
+      "Tensor dir_b, Tensor out_w, Tensor out_b, int skip, bool feature, int precision, bool save) -> "
+      "(Tensor, Tensor, Tensor)");
+  // -> grad x_enc, d_enc, cond0, cond_skip ([0] without skip), w0x, hidden_w[], hidden_b[], skip_wx ([0]
+  // without skip), sigma_w, sigma_b, dir_w, dir_b, out_w, out_b.
+  m.def(
+      "field_mlp_backward(Tensor grad_sigma, Tensor grad_out, Tensor x_enc, Tensor d_enc, Tensor acts, "
+      "Tensor w0x, Tensor[] hidden_w, Tensor? skip_wx, Tensor sigma_w, Tensor dir_w, Tensor out_w, int skip, "
+      "bool feature, int precision) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor[], Tensor[], Tensor, "
+      "Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 // The extension is a plain module whose only job is to register the ops above when imported.

@@ -2,6 +2,7 @@
 back to its pure-PyTorch twin in dgnerf.ops.reference when the extension or the kernel is missing."""
 from dgnerf.ops._common import set_checks
 from dgnerf.ops.integrate import integrate_features
+from dgnerf.ops.mlp import FieldWeights, field_mlp, fold_conditioning
 from dgnerf.ops.sampling import sample_rays
 
-__all__ = ["integrate_features", "sample_rays", "set_checks"]
+__all__ = ["FieldWeights", "field_mlp", "fold_conditioning", "integrate_features", "sample_rays", "set_checks"]

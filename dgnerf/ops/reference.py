@@ -112,3 +112,31 @@ def integrate_features_reference(sigma, features, depths, deltas, background, th
     feature = (w[..., None] * features).sum(-2) + (1 - opacity)[..., None] * background
     depth = (w * depths).sum(-1)
     return feature, opacity, depth
+
+
+# --- field MLP (twin of dgnerf.ops.field_mlp) ---------------------------------------------------
+
+
+def field_mlp_reference(x_enc, d_enc, z_id, beta, layer_weights, layer_biases, sigma_w, sigma_b, dir_w, dir_b,
+                        out_w, out_b, skip=5, output="feature"):
+    """The paper's field MLP on the UNfolded input u = [gamma(x), z_id, beta] (DESIGN §2), plain linear layers.
+
+    x_enc [B,P,Dx], d_enc [B,P,Dd], z_id [B,Z], beta [B,E]; layer l's weight is [W, in_l] with in_0 = Dx+Z+E,
+    in_skip = Dx+Z+E+W (over [u, h]) and W otherwise; ReLU after every trunk layer. Returns sigma [B,P] (raw)
+    and F = out_w relu(dir_w [h, d_enc] + dir_b) + out_b [B,P,F] (output="feature") or the hidden
+    relu(...) [B,P,Wd] (output="hidden"). skip=None: no re-concatenation.
+    """
+    import torch.nn.functional as tf
+
+    B, P, _ = x_enc.shape
+    cond = torch.cat([z_id, beta], dim=-1)[:, None, :].expand(B, P, -1)
+    u = torch.cat([x_enc, cond], dim=-1)
+    h = u
+    for layer, (w, b) in enumerate(zip(layer_weights, layer_biases)):
+        inp = torch.cat([u, h], dim=-1) if (skip is not None and layer == skip) else h
+        h = torch.relu(tf.linear(inp, w, b))
+    sigma = tf.linear(h, sigma_w, sigma_b)[..., 0]
+    hdir = torch.relu(tf.linear(torch.cat([h, d_enc], dim=-1), dir_w, dir_b))
+    if output == "hidden":
+        return sigma, hdir
+    return sigma, tf.linear(hdir, out_w, out_b)
