@@ -388,7 +388,6 @@ def run(
             except DgnerfError as e:
                 # an unreadable file is reported and the rest goes on
                 summary.problems.append(str(e))
-                rep.notes.append(str(e))
                 continue
             rep.kept = len(frames)
             all_frames += frames
