@@ -178,13 +178,18 @@ def load_checkpoint(path, device="cpu"):
     return model.to(device).eval()
 
 
-def init_checkpoint(path, cfg=None, seed: int = 0) -> str:
-    """Write a randomly initialised head model (so the commands work before any training)."""
+def init_checkpoint(path, cfg=None, seed: int = 0, head_prior: bool = True) -> str:
+    """Write a randomly initialised head model (so the commands work before any training); with
+    head_prior its density is an ellipsoid around the origin (dgnerf.model.prior), not fog."""
     from dgnerf.model.head import HeadModel
+    from dgnerf.model.prior import apply_head_prior
 
     torch.manual_seed(seed)
     model = HeadModel(cfg)
-    return save_checkpoint(path, model, metadata={"note": "random initialisation (untrained)", "seed": seed})
+    if head_prior:
+        apply_head_prior(model)
+    note = "random initialisation (untrained)" + (" with the ellipsoid density prior" if head_prior else "")
+    return save_checkpoint(path, model, metadata={"note": note, "seed": seed})
 
 
 __all__ = ["save_checkpoint", "load_checkpoint", "read_checkpoint", "check_state_dict", "init_checkpoint",
