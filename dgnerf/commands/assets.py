@@ -20,9 +20,8 @@ def _fetch(args):
     print(f"cache: {assets.cache_dir()}")
     res = assets.fetch(args.only, source_dir=args.source_dir, install=not args.no_install)
     bad = [n for n, (ok, _) in res.items() if not ok]
-    required = [n for n in bad if n != "vgg16"]
     print(f"{len(res) - len(bad)}/{len(res)} assets ok" + (f"; missing: {', '.join(bad)}" if bad else ""))
-    return 1 if required else 0
+    return 1 if bad else 0
 
 
 def _list(args):

@@ -249,6 +249,11 @@ def track_source(src: Source, report: SourceReport, opts: Options, faces_fn, geo
             frames.append(Frame(report.index, n, src.frame_label(n), (H, W), K, lm, R, t, err))
         except Exception as e:  # noqa: BLE001 - one bad frame never stops the run
             report.drop("error", n, f"{type(e).__name__}: {str(e)[:120]}")
+    if sel.forced_starts:
+        report.notes.append(
+            f"several faces of similar size for {sel.reacquire_after} frames: the track started on the largest "
+            f"({sel.forced_starts} time(s)); check the preview"
+        )
     if sel.reacquired:
         report.notes.append(f"track re-acquired {sel.reacquired} time(s) after being lost; check the preview")
     # temporal smoothing (only across frames of one size: an image folder of mixed sizes is not a sequence)

@@ -129,7 +129,8 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> float:
 class TrackSelector:
     """Chooses the tracked person's face among the faces of a frame (normalised landmark arrays).
     Returns (landmarks | None, reason | None). Reasons: no_face, several_faces (no track yet and two
-    faces of similar size), lost_track (no face near the tracked one)."""
+    faces of similar size; after `reacquire_after` such frames the largest is taken), lost_track (no
+    face near the tracked one; after `reacquire_after` lost frames the track starts afresh)."""
 
     def __init__(self, ambiguous_ratio: float = 0.6, reacquire_after: int = 15):
         self.prev = None
@@ -137,12 +138,20 @@ class TrackSelector:
         self.ambiguous_ratio = ambiguous_ratio
         self.reacquire_after = reacquire_after
         self.reacquired = 0
+        self.ambiguous = 0
+        self.forced_starts = 0
 
     def _start(self, faces, boxes):
         areas = np.array([(b[2] - b[0]) * (b[3] - b[1]) for b in boxes])
         order = np.argsort(-areas)
         if len(faces) > 1 and areas[order[1]] >= self.ambiguous_ratio * areas[order[0]]:
-            return None, "several_faces"
+            # wait for a frame where one face is clearly the largest; if none comes within
+            # `reacquire_after` frames, start on the largest anyway (and say so)
+            self.ambiguous += 1
+            if self.ambiguous <= self.reacquire_after:
+                return None, "several_faces"
+            self.forced_starts += 1
+        self.ambiguous = 0
         return order[0], None
 
     def select(self, faces: list) -> tuple[np.ndarray | None, str | None]:
