@@ -95,3 +95,15 @@ def test_bad_arguments(tmp_path):
         S.build_synthetic_dataset(tmp_path / "x", size="huge")
     with pytest.raises(DgnerfError, match="test_persons"):
         S.build_synthetic_dataset(tmp_path / "x", size="tiny", test_persons=4)
+
+
+def test_supersample_gives_soft_mask_edges():
+    p = S.sample_identity(np.random.default_rng(1))
+    c2w = S.pose_c2w(20, 5, 0, 4.6)[None]
+    K = np.array([[60.0, 60.0, 16.0, 16.0]])
+    fp = [S.frame_params(p, np.zeros(len(S.EXPRESSION_PARAMS)))]
+    _, hard = S.render_frames(fp, c2w, K, 32, 32)
+    rgb, soft = S.render_frames(fp, c2w, K, 32, 32, supersample=2)
+    assert set(np.unique(hard)) <= {0, 255}
+    assert ((soft > 0) & (soft < 255)).sum() > 20 and rgb.shape == (1, 32, 32, 3)
+    assert np.abs(soft.astype(int) - hard.astype(int)).mean() < 20

@@ -22,6 +22,9 @@ def register(sub):
     b.add_argument("--persons", type=int, default=None, help="override the number of people")
     b.add_argument("--frames-per-person", type=int, default=None, help="override frames per person")
     b.add_argument("--test-persons", type=int, default=None, help="override the number of held-out people")
+    b.add_argument("--supersample", type=int, default=1, help="s x s rays per pixel: anti-aliased images, soft mask edges (default 1)")
+    b.add_argument("--workers", type=int, default=1, help="rendering processes; 0 = one per CPU core (default 1)")
+    b.add_argument("--device", default="cpu", help="torch device for the sphere tracing, e.g. cuda (default cpu)")
     b.add_argument("--preview", action="store_true", help="also write DIR/preview.png, a contact sheet of sample frames")
     b.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
     b.set_defaults(func=run_build)
@@ -68,6 +71,9 @@ def run_build(args):
         frames_per_person=args.frames_per_person,
         test_persons=args.test_persons,
         preview=args.preview,
+        supersample=args.supersample,
+        workers=args.workers,
+        device=args.device,
         overwrite=args.overwrite,
         progress=True,
     )

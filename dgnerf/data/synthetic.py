@@ -463,8 +463,8 @@ _LIGHT = tuple(c / _LN for c in _LIGHT)
 _MATS = ("skin", "lips", "eye", "brows", "hair", "glasses")
 
 
-def _rgb(c, n):
-    return torch.tensor(c, dtype=torch.float32).expand(n, 3)
+def _rgb(c, like):
+    return torch.tensor(c, dtype=torch.float32, device=like.device).expand(like.shape[0], 3)
 
 
 def _shade(p, n, view, P: _Params, parts) -> torch.Tensor:
@@ -478,7 +478,7 @@ def _shade(p, n, view, P: _Params, parts) -> torch.Tensor:
     # skin: soft blush on the cheeks
     cc = P.v("cheek_c")
     blush = torch.exp(-((x.abs() - cc[0]) ** 2 + (y - cc[1]) ** 2) / 0.02)[:, None]
-    col = skin * (1 - 0.12 * blush) + torch.tensor([0.85, 0.35, 0.35]) * 0.12 * blush
+    col = skin * (1 - 0.12 * blush) + _rgb([0.85, 0.35, 0.35], x) * 0.12 * blush
     is_skin = mat == 0
     # buzz cut: hair colour painted on the skull above the hairline
     hp = P.v("hair_plane")
@@ -492,7 +492,7 @@ def _shade(p, n, view, P: _Params, parts) -> torch.Tensor:
     tex = (0.82 + 0.18 * torch.sin(45 * x + 20 * y))[:, None]
     col = torch.where(hairy[:, None], hair_col * tex, col)
     # lips
-    lipc = skin * torch.tensor([0.78, 0.52, 0.52]) + torch.tensor([0.16, 0.03, 0.04])
+    lipc = skin * _rgb([0.78, 0.52, 0.52], x) + _rgb([0.16, 0.03, 0.04], x)
     col = torch.where((mat == 1)[:, None], lipc, col)
     # eyes: white, iris and pupil around the gaze direction (mirrored for the -x eye)
     ec = P.v("eye_c")
@@ -501,9 +501,9 @@ def _shade(p, n, view, P: _Params, parts) -> torch.Tensor:
     g = P.v("gaze")
     gx = torch.where(x < 0, -g[0], g[0])
     cosg = (vx * gx + vy * g[1] + vz * g[2]) / vl
-    eyec = _rgb([0.93, 0.92, 0.90], R)
+    eyec = _rgb([0.93, 0.92, 0.90], x)
     eyec = torch.where((cosg > math.cos(0.48))[:, None], torch.stack(P.v("iris"), -1), eyec)
-    eyec = torch.where((cosg > math.cos(0.22))[:, None], _rgb([0.03, 0.03, 0.03], R), eyec)
+    eyec = torch.where((cosg > math.cos(0.22))[:, None], _rgb([0.03, 0.03, 0.03], x), eyec)
     col = torch.where((mat == 2)[:, None], eyec, col)
     # brows and hair (a soft strand texture, low frequency so it survives small resolutions)
     # strands run from the crown: stripes in the azimuth about the vertical axis, plus a slow wave
@@ -515,8 +515,8 @@ def _shade(p, n, view, P: _Params, parts) -> torch.Tensor:
     # mouth cavity: dark, teeth at the top
     cav = parts["cavity"] & is_skin
     teeth = cav & (y > P.v("slot_c")[1] + P.v("slot_r")[1] * 0.35)
-    col = torch.where(cav[:, None], _rgb([0.30, 0.08, 0.08], R), col)
-    col = torch.where(teeth[:, None], _rgb([0.92, 0.90, 0.84], R), col)
+    col = torch.where(cav[:, None], _rgb([0.30, 0.08, 0.08], x), col)
+    col = torch.where(teeth[:, None], _rgb([0.92, 0.90, 0.84], x), col)
     ndl = n[0] * _LIGHT[0] + n[1] * _LIGHT[1] + n[2] * _LIGHT[2]
     shade = 0.38 + 0.72 * ndl.clamp_min(0)
     shade = torch.where(cav, shade * 0.6, shade)
@@ -529,18 +529,35 @@ def _shade(p, n, view, P: _Params, parts) -> torch.Tensor:
 
 
 def render_frames(params: list[dict], c2w: np.ndarray, intrinsics: np.ndarray, height: int, width: int,
-                  background=(1.0, 1.0, 1.0), steps: int = 64, chunk_rays: int = 1 << 17, progress=None):
+                  background=(1.0, 1.0, 1.0), steps: int = 64, chunk_rays: int = 1 << 17, progress=None,
+                  supersample: int = 1, device: str | torch.device = "cpu"):
     """Sphere-traces frames. params: per frame the dict of frame_params(); c2w [F,4,4] and intrinsics [F,4]
-    in the dataset's conventions. Returns (rgb uint8 [F,H,W,3], mask uint8 [F,H,W])."""
+    in the dataset's conventions. supersample s: s x s rays per pixel, averaged (soft mask edges).
+    Returns (rgb uint8 [F,H,W,3], mask uint8 [F,H,W])."""
+    if supersample != 1:
+        s = int(supersample)
+        if s < 1:
+            raise DgnerfError(f"supersample must be >= 1, got {supersample}")
+        k = np.asarray(intrinsics, dtype=np.float64) * s  # same camera, s x finer pixels
+        rgb_f, mask_f = _render(params, c2w, k, height * s, width * s, background, steps, chunk_rays, progress, device, float_out=True)
+        rgb_f = rgb_f.reshape(-1, height, s, width, s, 3).mean(axis=(2, 4))
+        mask_f = mask_f.reshape(-1, height, s, width, s).mean(axis=(2, 4))
+        return (np.clip(rgb_f * 255 + 0.5, 0, 255).astype(np.uint8), np.clip(mask_f * 255 + 0.5, 0, 255).astype(np.uint8))
+    return _render(params, c2w, intrinsics, height, width, background, steps, chunk_rays, progress, device)
+
+
+def _render(params, c2w, intrinsics, height, width, background, steps, chunk_rays, progress, device, float_out=False):
     from dgnerf.data.cameras import pixel_rays
 
     F = len(params)
+    dev = torch.device(device)
     P_all = _param_table(params)
-    rgb = np.empty((F, height, width, 3), dtype=np.uint8)
-    mask = np.empty((F, height, width), dtype=np.uint8)
+    P_all = _Params(P_all.table.to(dev), P_all.cols)
+    rgb = np.empty((F, height, width, 3), dtype=np.float32 if float_out else np.uint8)
+    mask = np.empty((F, height, width), dtype=np.float32 if float_out else np.uint8)
     per = max(1, chunk_rays // (height * width))
-    bg = torch.tensor(background, dtype=torch.float32)
-    flip = torch.tensor([1.0, -1.0, -1.0], dtype=torch.float64)  # dataset head frame <-> model frame
+    bg = torch.tensor(background, dtype=torch.float32, device=dev)
+    flip = torch.tensor([1.0, -1.0, -1.0], dtype=torch.float64, device=dev)  # dataset head frame <-> model frame
     threads = torch.get_num_threads()
     # One thread: these are many small element-wise ops, and OpenMP with 2 threads on a busy machine was
     # measured 4-100x slower than one. Also keeps the output independent of the thread count.
@@ -549,14 +566,21 @@ def render_frames(params: list[dict], c2w: np.ndarray, intrinsics: np.ndarray, h
         with torch.no_grad():
             for f0 in range(0, F, per):
                 f1 = min(F, f0 + per)
-                o, d = pixel_rays(torch.from_numpy(c2w[f0:f1]).double(), torch.from_numpy(intrinsics[f0:f1]).double(), height, width)
+                cams = torch.from_numpy(np.asarray(c2w[f0:f1], dtype=np.float64)).to(dev)
+                ks = torch.from_numpy(np.asarray(intrinsics[f0:f1], dtype=np.float64)).to(dev)
+                o, d = pixel_rays(cams, ks, height, width)
                 o = (o.reshape(-1, 3) * flip).float().T.contiguous()
                 d = (d.reshape(-1, 3) * flip).float().T.contiguous()
-                fid = torch.arange(f0, f1).repeat_interleave(height * width)
+                fid = torch.arange(f0, f1, device=dev).repeat_interleave(height * width)
                 col, hit = _trace(o, d, fid, P_all, steps)
-                img = torch.where(hit[:, None], col, bg)
-                rgb[f0:f1] = (img.reshape(f1 - f0, height, width, 3) * 255 + 0.5).clamp(0, 255).to(torch.uint8).numpy()
-                mask[f0:f1] = (hit.reshape(f1 - f0, height, width).to(torch.uint8) * 255).numpy()
+                img = torch.where(hit[:, None], col, bg).reshape(f1 - f0, height, width, 3)
+                hit = hit.reshape(f1 - f0, height, width)
+                if float_out:
+                    rgb[f0:f1] = img.cpu().numpy()
+                    mask[f0:f1] = hit.float().cpu().numpy()
+                else:
+                    rgb[f0:f1] = (img * 255 + 0.5).clamp(0, 255).to(torch.uint8).cpu().numpy()
+                    mask[f0:f1] = (hit.to(torch.uint8) * 255).cpu().numpy()
                 if progress is not None:
                     progress.update(f1 - f0)
     finally:
@@ -570,8 +594,8 @@ _COMPACT_AT = (6, 12, 18, 26, 36, 48)
 def _trace(o, d, fid, P_all: _Params, steps):
     """o, d: [3, R] model-frame rays. Returns colour [R, 3] and hit [R]."""
     R = o.shape[1]
-    col = torch.zeros(R, 3)
-    hit = torch.zeros(R, dtype=torch.bool)
+    col = torch.zeros(R, 3, device=o.device)
+    hit = torch.zeros(R, dtype=torch.bool, device=o.device)
     # start at the bounding sphere
     b = (o * d).sum(0)
     c = (o * o).sum(0) - HEAD_RADIUS**2
@@ -636,6 +660,12 @@ def _trace(o, d, fid, P_all: _Params, steps):
 # ------------------------------------------------------------------------------------------------------
 
 
+def _render_batch(job, progress=None):
+    params, c2w, Ks, res, supersample, device = job
+    rgb, msk = render_frames(params, c2w, Ks, res, res, progress=progress, supersample=supersample, device=device)
+    return rgb, msk, c2w, Ks
+
+
 def contact_sheet(images: list[np.ndarray], cols: int, tile: int | None = None, pad: int = 2) -> np.ndarray:
     """Images [H,W,3] uint8 -> one grid image (nearest-neighbour upscaled to `tile` pixels)."""
     h, w = images[0].shape[:2]
@@ -653,8 +683,13 @@ def contact_sheet(images: list[np.ndarray], cols: int, tile: int | None = None, 
 def build_synthetic_dataset(out: str | os.PathLike, size: str = "small", seed: int = 0, resolution: int | None = None,
                             persons: int | None = None, frames_per_person: int | None = None, test_persons: int | None = None,
                             preview: bool = False, overwrite: bool = False, progress: bool = False,
-                            arrays: str = "safetensors") -> dict:
+                            arrays: str = "safetensors", supersample: int = 1, workers: int = 1,
+                            device: str = "cpu") -> dict:
     """Writes the built-in set to `out` (dgnerf dataset format); returns a summary dict.
+
+    supersample s: s x s rays per pixel (anti-aliased images, soft mask edges; s^2 times the work).
+    workers: processes rendering batches in parallel (0: one per CPU core); the bytes do not depend on it.
+    device: 'cpu' or a CUDA device for the sphere tracing (then workers is 1).
 
     size: tiny (tests: 4 people x 3 frames at 32 px) | small (12 x 20 at 64 px) | medium (60 x 40 at 128 px)
     | large (540 x 60 at 256 px, the paper's number of people). persons / frames_per_person / test_persons /
@@ -677,6 +712,13 @@ def build_synthetic_dataset(out: str | os.PathLike, size: str = "small", seed: i
         raise DgnerfError(f"resolution must be in [8, 2048], got {res}")
     if seed < 0:
         raise DgnerfError(f"seed must be >= 0, got {seed}")
+    if not 1 <= int(supersample) <= 8:
+        raise DgnerfError(f"supersample must be in [1, 8], got {supersample}")
+    workers = int(workers) if workers else (os.cpu_count() or 1)
+    if workers < 1:
+        raise DgnerfError(f"workers must be >= 0, got {workers}")
+    if str(device) != "cpu":
+        workers = 1
 
     tan_half = 1.38 / 4.6  # the head (radius ~1.2 without the neck) nearly fills the frame
     focal = (res / 2) / tan_half
@@ -708,15 +750,30 @@ def build_synthetic_dataset(out: str | os.PathLike, size: str = "small", seed: i
         from tqdm import tqdm
 
         bar = tqdm(total=len(jobs), desc="rendering heads", unit="frame")
-    batch = max(1, (1 << 18) // (res * res))
+    batch = max(1, (1 << 18) // (res * res * supersample * supersample))
+    chunks = [jobs[b0:b0 + batch] for b0 in range(0, len(jobs), batch)]
+
+    def work(chunk):
+        params = [frame_params(people[k], e) for k, _, e, _, _ in chunk]
+        c2w = np.stack([pose_c2w(*pose) for _, _, _, pose, _ in chunk])
+        return params, c2w, np.repeat(K[None], len(chunk), 0), res, supersample, device
+
+    workers = min(workers, len(chunks))
+    pool = None
+    if workers > 1:
+        import concurrent.futures
+        import multiprocessing
+
+        # spawn, not fork: forking a process whose torch/OpenMP threads already ran can hang
+        pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        results = pool.map(_render_batch, (work(c) for c in chunks))
+    else:
+        results = (_render_batch(work(c), progress=bar) for c in chunks)
     sheet_tiles = []
     try:
-        for b0 in range(0, len(jobs), batch):
-            chunk = jobs[b0:b0 + batch]
-            params = [frame_params(people[k], e) for k, _, e, _, _ in chunk]
-            c2w = np.stack([pose_c2w(*pose) for _, _, _, pose, _ in chunk])
-            Ks = np.repeat(K[None], len(chunk), 0)
-            rgb, msk = render_frames(params, c2w, Ks, res, res, progress=bar)
+        for chunk, (rgb, msk, c2w, Ks) in zip(chunks, results):
+            if pool is not None and bar is not None:
+                bar.update(len(chunk))
             for i, (k, j, e, pose, zid) in enumerate(chunk):
                 writer.add_frame(
                     rgb[i], msk[i], c2w[i], Ks[i], expression_code(e),
@@ -726,6 +783,8 @@ def build_synthetic_dataset(out: str | os.PathLike, size: str = "small", seed: i
                 if preview and k < 8 and j < 6:
                     sheet_tiles.append((k, j, rgb[i]))
     finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
         if bar is not None:
             bar.close()
     writer.set_expression_basis(
@@ -734,7 +793,7 @@ def build_synthetic_dataset(out: str | os.PathLike, size: str = "small", seed: i
     )
     writer.close()
     info = {"root": os.fspath(out), "num_frames": len(jobs), "num_persons": n_p, "num_test_persons": n_t,
-            "resolution": res, "preview": None}
+            "resolution": res, "preview": None, "workers": workers, "supersample": supersample}
     if preview:
         from PIL import Image
 
