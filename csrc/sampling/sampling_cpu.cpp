@@ -33,7 +33,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sample_rays_cpu(const
       for (int64_t i = i0; i < i1; ++i) {
         const int64_t b = i / R, r = i % R;
         sample_one_ray<scalar_t>(cw + b * cstride, K + b * 4, r % width, r / width, S,
-                                 static_cast<scalar_t>(near_), static_cast<scalar_t>(far_), stratified, seed, i,
+                                 static_cast<scalar_t>(near_), static_cast<scalar_t>(far_), stratified,
+                                 seed + b, r,
                                  static_cast<scalar_t>(sphere_radius), P + i * S * 3, D + i * 3, T + i * S,
                                  DL + i * S);
       }

@@ -20,7 +20,8 @@ __global__ void sample_rays_kernel(const scalar_t* __restrict__ c2w, const scala
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < B * R;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t b = i / R, r = i % R;
-    sample_one_ray<scalar_t>(c2w + b * cstride, K + b * 4, r % W, r / W, S, near_, far_, stratified, seed, i, radius,
+    sample_one_ray<scalar_t>(c2w + b * cstride, K + b * 4, r % W, r / W, S, near_, far_, stratified,
+                                 seed + b, r, radius,
                              P + i * S * 3, D + i * 3, T + i * S, DL + i * S);
   }
 }

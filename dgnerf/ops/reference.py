@@ -19,9 +19,11 @@ def _hash_u32(x):
     return x
 
 
-def uniform01(seed: int, index: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
-    """Counter-based uniforms in [0, 1), bit-identical to the kernels' uniform01(seed, index)."""
-    s = int(seed) & 0xFFFFFFFFFFFFFFFF
+def uniform01(seed, index: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+    """Counter-based uniforms in [0, 1), bit-identical to the kernels' uniform01(seed, index).
+    seed: an int or an int64 tensor broadcastable against index."""
+    s = torch.as_tensor(seed, dtype=torch.int64, device=index.device)
+    # (s >> 32) & M32 is the high word of the two's-complement uint64 view, as in the C++ code
     h0 = _hash_u32((s & _M32) ^ _hash_u32(((s >> 32) & _M32) ^ 0x9E3779B9))
     index = index.to(torch.int64)
     h = _hash_u32(((index >> 32) & _M32) ^ h0)
@@ -78,8 +80,10 @@ def sample_rays_reference(
             tf = torch.where(hit, a1, tf)
         i = torch.arange(S, device=c2w.device, dtype=c2w.dtype)
         if stratified:
-            index = torch.arange(B * R * S, device=c2w.device).reshape(B, R, S)
-            off = uniform01(seed, index, c2w.dtype)
+            # image b uses seed + b; rays and samples are counted within the image
+            index = torch.arange(R * S, device=c2w.device).reshape(1, R, S)
+            seeds = int(seed) + torch.arange(B, device=c2w.device, dtype=torch.int64).reshape(B, 1, 1)
+            off = uniform01(seeds, index, c2w.dtype)
         else:
             off = torch.full((B, R, S), 0.5, dtype=c2w.dtype, device=c2w.device)
         step = (tf - tn) / S

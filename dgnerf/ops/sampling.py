@@ -6,7 +6,9 @@ c2w [B,3,4] or [B,4,4] camera-to-world ([R | o], OpenCV axes: x right, y down, z
 intrinsics [B,4] = (fx, fy, cx, cy) at feature-map resolution. Ray r = v * width + u goes through the
 centre of pixel (u, v). Depth i lies in bin i of [near, far] (optionally clipped to the sphere
 |x| <= sphere_radius): at the bin's midpoint (eval) or at a seeded uniform offset (stratified=True;
-the same seed gives the same depths on CPU, CUDA and the reference). deltas_i = t_{i+1} - t_i, and the
+the same seed gives the same depths on CPU, CUDA and the reference; image b of the batch draws with
+seed + b, so splitting a batch over processes with seeds shifted by the images before them draws the
+same numbers). deltas_i = t_{i+1} - t_i, and the
 last delta closes the interval so the deltas sum to its length.
 
 Returns points [B,H*W,S,3], dirs [B,H*W,3] (unit), depths [B,H*W,S], deltas [B,H*W,S]. Gradients flow

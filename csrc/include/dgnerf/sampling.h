@@ -3,8 +3,9 @@
 //   c2w [B,3,4] or [B,4,4] (row-major [R | o], OpenCV camera axes), intrinsics [B,4] = (fx, fy, cx, cy)
 //   at feature-map resolution -> for pixel (u, v), ray r = v * W + u:
 //   points [B,R,S,3] = o + t d, dirs [B,R,3] = d (unit), depths [B,R,S] = t, deltas [B,R,S].
-//   Depth i lies in bin i of [tn, tf] at offset u_i: u_i = 0.5 (eval) or uniform01(seed, (b R + r) S + i)
-//   (stratified); [tn, tf] is [near, far], clipped to the sphere |x| <= radius when radius > 0.
+//   Depth i lies in bin i of [tn, tf] at offset u_i: u_i = 0.5 (eval) or uniform01(seed + b, r S + i)
+//   (stratified: image b of a batch uses seed + b, so a batch split over processes with shifted seeds
+//   draws the same numbers); [tn, tf] is [near, far], clipped to the sphere |x| <= radius when radius > 0.
 #pragma once
 #include <ATen/ATen.h>
 
@@ -15,7 +16,7 @@ namespace dgnerf {
 
 template <typename T>
 DGNERF_HD void sample_one_ray(const T* c2w, const T* K, int64_t u, int64_t v, int64_t S, T near_, T far_,
-                              bool stratified, int64_t seed, int64_t ray_index, T radius, T* pts, T* dir, T* t,
+                              bool stratified, int64_t seed, int64_t ray_in_image, T radius, T* pts, T* dir, T* t,
                               T* dl) {
   const Ray<T> ray = pixel_ray<T>(c2w, K[0], K[1], K[2], K[3], u, v);
   T tn, tf;
@@ -24,7 +25,7 @@ DGNERF_HD void sample_one_ray(const T* c2w, const T* K, int64_t u, int64_t v, in
   dir[1] = ray.dy;
   dir[2] = ray.dz;
   for (int64_t i = 0; i < S; ++i) {
-    const T off = stratified ? uniform01<T>(seed, ray_index * S + i) : T(0.5);
+    const T off = stratified ? uniform01<T>(seed, ray_in_image * S + i) : T(0.5);
     t[i] = sample_depth<T>(tn, tf, i, S, off);
   }
   for (int64_t i = 0; i < S; ++i) {

