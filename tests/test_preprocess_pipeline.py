@@ -215,3 +215,15 @@ def test_import_opengl_cameras_and_bad_files(tmp_path):
     (tmp_path / "nof.json").write_text(json.dumps({"frames": [{"image": "x.png", "expression": [1.0]}]}))
     with pytest.raises(DgnerfError, match="no frame could be imported"):
         import_tracking(tmp_path / "nof.json", tmp_path / "o2", log=lambda *a: None)
+
+
+def test_cli_user_errors_are_one_line(tmp_path, capsys):
+    from dgnerf.cli import main
+
+    assert main(["preprocess", "import", "--out", str(tmp_path / "o")]) == 2
+    assert "--tracking" in capsys.readouterr().err
+    assert main(["preprocess", "x.mp4", "--out", str(tmp_path / "o"), "--stride", "0"]) == 2
+    assert "--stride" in capsys.readouterr().err
+    (tmp_path / "t.json").write_text(json.dumps({"frames": []}))
+    assert main(["preprocess", "import", "--tracking", str(tmp_path / "t.json"), "--out", str(tmp_path / "o")]) == 2
+    assert "non-empty list 'frames'" in capsys.readouterr().err
