@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The README's main-job command: set up .venv (torch 2.13.0 CPU + dgnerf, built against it), then run
+# `dgnerf demo`, which builds the built-in head set, trains a small model on this CPU and writes out/.
+# Extra arguments go to `dgnerf demo` (e.g. --minutes 3 --out out2).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+. .venv/bin/activate
+python -m pip install -q --upgrade pip setuptools wheel ninja
+python -c "import torch" 2>/dev/null || python -m pip install -q torch==2.13.0
+python -m pip install -q --no-build-isolation -e .
+python -m dgnerf demo "$@"
