@@ -411,7 +411,7 @@ def _verify_file(a: Asset, p: Path) -> str:
     if a.name == "facenet":
         info = f"TensorFlow graph, {p.stat().st_size // 2**20} MiB, sha256 ok"
         try:
-            import cv2  # noqa: F401
+            import cv2  # noqa: F401 - only whether it is there
         except ImportError:
             return info + " (cv2 not installed: load not tried)"
         from dgnerf.preprocess.identity import FaceNet

@@ -1,5 +1,4 @@
 """Preprocessing on small synthetic inputs (no MediaPipe, no OpenCV, no assets needed)."""
-import json
 import math
 
 import numpy as np

@@ -87,7 +87,7 @@ class ExpressionBasis:
         if ref is None:
             _, ref = generalized_procrustes(first, w)
         ref = np.asarray(ref, np.float64)[:n]
-        offsets, split = [], {}
+        offsets = []
         for p, S in shapes_by_person.items():
             S = np.asarray(S, np.float64)
             if S.ndim != 3 or S.shape[1:] != (n, 3):
@@ -95,7 +95,6 @@ class ExpressionBasis:
             A = align_shapes(S, ref, w)
             neutral = np.median(A, 0)
             off = (A - neutral).reshape(len(S), -1)
-            split[p] = (len(offsets), len(offsets) + 1)
             offsets.append(off)
         Xall = np.concatenate(offsets, 0)
         # principal axes of the (uncentred) offsets
@@ -114,10 +113,7 @@ class ExpressionBasis:
         std = np.sqrt((coeff**2).mean(0))
         std[rank:] = 0.0
         b = cls(basis, std, ref, w, rank)
-        codes, i = {}, 0
-        for p, off in zip(shapes_by_person, offsets):
-            codes[p] = b._codes(off)
-            i += len(off)
+        codes = {p: b._codes(off) for p, off in zip(shapes_by_person, offsets)}
         return b, codes
 
     # -- projecting

@@ -16,9 +16,7 @@ tested without MediaPipe or OpenCV.
 from __future__ import annotations
 
 import json
-import math
 import re
-import shutil
 import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
