@@ -10,7 +10,7 @@ from PIL import Image
 from dgnerf.data import HeadDataset, check_dataset
 from dgnerf.errors import DgnerfError
 from dgnerf.preprocess import geometry as G
-from dgnerf.preprocess.pipeline import Options, run
+from dgnerf.preprocess.pipeline import HEAD_RADIUS, UNIT_CM, Options, run
 
 W, H = 160, 120
 
@@ -118,6 +118,10 @@ def test_pipeline_accounts_for_every_frame_and_writes_a_valid_set(tmp_path):
     out = tmp_path / "set"
     assert check_dataset(out) == []
     man = json.loads((out / "manifest.json").read_text())
+    assert man["head_radius"] == HEAD_RADIUS
+    from dgnerf.preprocess.features import _ELLIPSOID
+
+    assert np.linalg.norm(_ELLIPSOID, axis=1).max() / UNIT_CM <= HEAD_RADIUS  # the masked head fits the sphere
     assert man["num_frames"] == 10 and man["gaze_dim"] == 6 and man["expression_dim"] == 8
     assert [p["id"] for p in man["persons"]] == ["clip", "mixed"]
     assert man["meta"]["summary"]["frames_kept"] == 10
@@ -132,7 +136,7 @@ def test_pipeline_accounts_for_every_frame_and_writes_a_valid_set(tmp_path):
     for i in range(3):
         w2c = np.linalg.inv(arr["c2w"][i].astype(np.float64))
         fx, fy, cx, cy = arr["intrinsics"][i]
-        Xc = (GEO["vertices"] / 11.0) @ w2c[:3, :3].T + w2c[:3, 3]
+        Xc = (GEO["vertices"] / UNIT_CM) @ w2c[:3, :3].T + w2c[:3, 3]
         uv = Xc[:, :2] / Xc[:, 2:] * [fx, fy] + [cx, cy]
         x0, y0, size = trk["crop_box"][i]
         lm = trk["landmarks"][i]

@@ -31,8 +31,10 @@ from dgnerf.preprocess.features import GAZE_DIM, GAZE_NAMES, gaze_features, head
 from dgnerf.preprocess.imaging import convex_hull, crop_square, erode, fill_polygon, warp_affine
 from dgnerf.preprocess.sources import Source, TrackSelector, resolve_sources
 
-UNIT_CM = 11.0  # one unit of the dataset's translations; head_radius 1.3 units ~ 14 cm holds the head
-HEAD_RADIUS = 1.3
+UNIT_CM = 12.0  # one unit of the dataset's translations
+# a sphere about the face origin that holds the head region the masks are cut to (features.HEAD_*:
+# 15.7 cm at most), in those units
+HEAD_RADIUS = 1.35
 DROP_REASONS = {
     "unreadable": "the frame could not be decoded / read",
     "no_face": "no face found",
