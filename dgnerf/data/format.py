@@ -133,6 +133,22 @@ def _atomic_write_bytes(path: str, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def safetensors_bytes(tensors: dict, metadata: dict | None = None) -> bytes:
+    """safetensors.numpy.save with a canonical header (sorted keys, compact JSON, padded to 8 bytes):
+    safetensors writes its metadata map in hash order, so the same content could give different bytes.
+    Data offsets in the header are relative to the end of the header, so rewriting it is safe."""
+    import struct
+
+    from safetensors.numpy import save
+
+    raw = save({k: np.ascontiguousarray(v) for k, v in tensors.items()}, metadata=metadata or None)
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + n].decode("utf-8"))
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + raw[8 + n:]
+
+
 def _save_png(path: str, array: np.ndarray) -> None:
     from PIL import Image
 
@@ -310,8 +326,8 @@ class DatasetWriter:
 
     def set_expression_basis(self, tensors: dict, metadata: dict | None = None) -> None:
         """Stores the expression basis with the set: tensors must hold 'basis' [E, D] (row k = component k);
-        anything else (e.g. 'mean' [D], 'stddev' [E]) is kept as is. metadata: str -> str, stored as sorted
-        JSON under the safetensors metadata key 'dgnerf' (read it with `expression_basis_metadata`)."""
+        anything else (e.g. 'mean' [D], 'stddev' [E]) is kept as is. metadata: str -> str, the safetensors
+        metadata of the file (read it with HeadDataset.expression_basis_metadata)."""
         if "basis" not in tensors:
             raise DgnerfError("set_expression_basis: tensors must contain 'basis' [E, D]")
         out = {k: np.ascontiguousarray(_to_numpy(v, f"expression basis {k}")) for k, v in tensors.items()}
@@ -319,9 +335,7 @@ class DatasetWriter:
         if b.ndim != 2 or b.shape[0] != self.expression_dim:
             raise DgnerfError(f"expression basis: 'basis' must be [E={self.expression_dim}, D], got shape {list(b.shape)}")
         self._basis = out
-        # one key holding sorted JSON: safetensors writes its metadata map in hash order, which would make
-        # the bytes differ between runs
-        self._basis_meta = {"dgnerf": json.dumps({str(k): str(v) for k, v in (metadata or {}).items()}, sort_keys=True)}
+        self._basis_meta = {str(k): str(v) for k, v in (metadata or {}).items()}
 
     def close(self) -> str:
         """Writes frames.safetensors (or .npz), the basis and manifest.json (last); returns the root."""
@@ -331,9 +345,7 @@ class DatasetWriter:
             raise DgnerfError(f"{self.root}: no frames were added; an empty dataset is not written")
         arrays = {k: np.stack(v).astype(np.float32) for k, v in self._arrays.items()}
         if self.arrays_format == "safetensors":
-            from safetensors.numpy import save
-
-            _atomic_write_bytes(os.path.join(self.root, ARRAYS_SAFETENSORS), save(arrays, metadata={"format": FORMAT_NAME}))
+            _atomic_write_bytes(os.path.join(self.root, ARRAYS_SAFETENSORS), safetensors_bytes(arrays, {"format": FORMAT_NAME}))
             arrays_name = ARRAYS_SAFETENSORS
         else:
             import io
@@ -344,9 +356,7 @@ class DatasetWriter:
             arrays_name = ARRAYS_NPZ
         basis_name = None
         if self._basis is not None:
-            from safetensors.numpy import save
-
-            _atomic_write_bytes(os.path.join(self.root, EXPRESSION_BASIS), save(self._basis, metadata=self._basis_meta or None))
+            _atomic_write_bytes(os.path.join(self.root, EXPRESSION_BASIS), safetensors_bytes(self._basis, self._basis_meta))
             basis_name = EXPRESSION_BASIS
         manifest = {
             "format": FORMAT_NAME,
@@ -693,7 +703,7 @@ class HeadDataset:
 
         with safe_open(os.path.join(self.root, name), "np") as f:
             meta = f.metadata() or {}
-        return json.loads(meta["dgnerf"]) if "dgnerf" in meta else dict(meta)
+        return dict(meta)
 
     def __len__(self) -> int:
         return len(self.frames)
