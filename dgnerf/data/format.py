@@ -421,6 +421,14 @@ def read_manifest(root: str | os.PathLike) -> dict:
     need("persons", list, "a list of {'id', 'split'}")
     need("frames", list, "a list of {'person', 'split', 'image', 'mask'}")
     need("head_radius", (int, float), "a positive number")
+    if not (math.isfinite(m["head_radius"]) and m["head_radius"] > 0):
+        raise DgnerfError(f"{path}: field 'head_radius' must be a positive number, got {m['head_radius']!r}")
+    for key in ("near", "far"):
+        v = m.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0):
+            raise DgnerfError(f"{path}: field {key!r} must be a non-negative number or null, got {v!r}")
+    if m.get("near") is not None and m.get("far") is not None and not m["near"] < m["far"]:
+        raise DgnerfError(f"{path}: 'near' ({m['near']}) must be less than 'far' ({m['far']})")
     if m["expression_dim"] <= 0 or m["identity_dim"] <= 0:
         raise DgnerfError(f"{path}: expression_dim and identity_dim must be positive")
     if m.get("gaze_dim") is not None and (not isinstance(m["gaze_dim"], int) or m["gaze_dim"] <= 0):
