@@ -1,6 +1,5 @@
 """Losses: masked L2, VGG16 perceptual loss, LPIPS, and the restricted unpickler of the VGG asset. Small
 random weights made here stand in for the real ones; the real-weight checks run when the asset is cached."""
-import io
 import os
 import pickle
 

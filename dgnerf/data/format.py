@@ -22,7 +22,7 @@ import math
 import os
 import shutil
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
