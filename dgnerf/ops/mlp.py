@@ -156,6 +156,8 @@ def _check(x_enc, d_enc, cond0, cond_skip, weights, output, precision):
     if x_enc.dim() != 3 or x_enc.numel() == 0:
         _common.fail(OP, f"argument 'x_enc' expected a non-empty shape [images, points, Dx], got {list(x_enc.shape)}")
     B, P, Dx = x_enc.shape
+    if x_enc.device.type == "cpu" and x_enc.dtype not in (torch.float32, torch.float64):
+        _common.fail(OP, f"argument 'x_enc' expected float32 or float64 on CPU, got {x_enc.dtype}")
     if not isinstance(weights, FieldWeights):
         _common.fail(OP, f"argument 'weights' expected a FieldWeights (FieldWeights.from_unfolded), got {type(weights).__name__}")
     W = weights.width
@@ -170,11 +172,8 @@ def _check(x_enc, d_enc, cond0, cond_skip, weights, output, precision):
         _common.fail(OP, f"argument 'output' expected 'feature' or 'hidden', got {output!r}")
     if precision not in PRECISIONS:
         _common.fail(OP, f"argument 'precision' expected one of {list(PRECISIONS)}, got {precision!r}")
-    if x_enc.device.type == "cpu":
-        if x_enc.dtype not in (torch.float32, torch.float64):
-            _common.fail(OP, f"argument 'x_enc' expected float32 or float64 on CPU, got {x_enc.dtype}")
-        if precision == "fp16":
-            _common.fail(OP, "argument 'precision' 'fp16' is not supported on CPU (use 'fp32' or 'bf16')")
+    if x_enc.device.type == "cpu" and precision == "fp16":
+        _common.fail(OP, "argument 'precision' 'fp16' is not supported on CPU (use 'fp32' or 'bf16')")
     if precision != "fp32" and x_enc.dtype == torch.float64:
         _common.fail(OP, f"argument 'precision' {precision!r} with float64 inputs; use precision='fp32' for float64")
 
