@@ -144,3 +144,16 @@ def test_facenet_identity_codes(tmp_path):
     cos = z @ z.T
     same = (person[:, None] == person[None]) & ~torch.eye(len(ds), dtype=torch.bool)
     assert cos[same].mean() > cos[person[:, None] != person[None]].mean() + 0.1
+
+
+def test_cli_build_and_check(tmp_path, capsys):
+    from dgnerf.cli import main
+
+    out = tmp_path / "cli"
+    assert main(["dataset", "build-synthetic", "--out", str(out), "--size", "tiny", "--seed", "2",
+                 "--persons", "3", "--frames-per-person", "2", "--test-persons", "1", "--resolution", "24", "--preview"]) == 0
+    assert "6 frames of 3 persons (1 held out for test) at 24px" in capsys.readouterr().out
+    assert (out / "preview.png").is_file()
+    assert main(["dataset", "check", str(out)]) == 0
+    assert main(["dataset", "build-synthetic", "--out", str(out), "--size", "tiny"]) == 2  # not empty, no --overwrite
+    assert "not empty" in capsys.readouterr().err
