@@ -97,7 +97,7 @@ class FieldMLP(nn.Module):
 
 def folded_hidden(x_enc, bias0, bias_skip, dir_bias, weights, skip_layer: int, with_hidden: bool = True,
                   return_trunk: bool = False):
-    """The folded field in plain PyTorch.
+    """The folded field in plain PyTorch, broadcasting form (any leading dims).
 
     x_enc [..., P]; bias0, bias_skip [..., W] and dir_bias [..., dir_width] broadcastable to the
     leading dims of x_enc (per image / per ray). Returns sigma_raw [...] and hdir [..., dir_width]
@@ -109,8 +109,7 @@ def folded_hidden(x_enc, bias0, bias_skip, dir_bias, weights, skip_layer: int, w
         if i == 0:
             h = torch.relu(torch.matmul(x_enc, w.t()) + bias0)
         elif i == skip_layer:
-            wx, wh = w, b
-            h = torch.relu(torch.matmul(x_enc, wx.t()) + torch.matmul(h, wh.t()) + bias_skip)
+            h = torch.relu(torch.matmul(x_enc, w.t()) + torch.matmul(h, b.t()) + bias_skip)
         else:
             h = torch.relu(Fn.linear(h, w, b))
     ws, bs = weights["sigma"]
@@ -121,9 +120,42 @@ def folded_hidden(x_enc, bias0, bias_skip, dir_bias, weights, skip_layer: int, w
     return sigma_raw, hdir
 
 
-def dir_from_trunk(h, dir_bias, weights):
-    """hdir from a stored trunk output (the coarse samples of empty-space skipping reuse theirs)."""
-    return torch.relu(torch.matmul(h, weights["dir"].t()) + dir_bias)
+def folded_rows(x_enc, bias0, bias_skip, dir_bias, weights, skip_layer: int, samples_per_ray: int = 0,
+                with_hidden: bool = True, return_trunk: bool = False):
+    """The folded field on rows of ONE image, written for speed (addmm with the folded bias, in-place ReLU).
+
+    x_enc [N, P]; bias0, bias_skip [W] (this image's folded conditioning); dir_bias [N, dir_width], or
+    [N / samples_per_ray, dir_width] (one per ray) when samples_per_ray > 0 and the rows are whole rays.
+    Same outputs as folded_hidden: sigma_raw [N], hdir [N, dir_width] or None, (h [N, W]).
+    """
+    h = None
+    for i, (w, b) in enumerate(weights["trunk"]):
+        if i == 0:
+            h = torch.addmm(bias0, x_enc, w.t()).relu_()
+        elif i == skip_layer:
+            o = torch.addmm(bias_skip, x_enc, w.t())
+            h = o.addmm_(h, b.t()).relu_()
+        else:
+            h = torch.addmm(b, h, w.t()).relu_()
+    ws, bs = weights["sigma"]
+    sigma_raw = torch.addmm(bs, h, ws.t())[:, 0]
+    hdir = None
+    if with_hidden:
+        hdir = dir_from_trunk(h, dir_bias, weights, samples_per_ray)
+    if return_trunk:
+        return sigma_raw, hdir, h
+    return sigma_raw, hdir
 
 
-__all__ = ["FieldMLP", "positional_encoding", "folded_hidden", "dir_from_trunk"]
+def dir_from_trunk(h, dir_bias, weights, samples_per_ray: int = 0):
+    """hdir = relu(W_dir,h h + dir_bias) (the coarse samples of empty-space skipping reuse their h)."""
+    hd = torch.matmul(h, weights["dir"].t())
+    if samples_per_ray > 0 and h.dim() == 2:
+        S = samples_per_ray
+        hd = hd.view(-1, S, hd.shape[-1]).add_(dir_bias[:, None]).view(-1, hd.shape[-1])
+    else:
+        hd = hd.add_(dir_bias)
+    return hd.relu_()
+
+
+__all__ = ["FieldMLP", "positional_encoding", "folded_hidden", "folded_rows", "dir_from_trunk"]

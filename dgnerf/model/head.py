@@ -39,7 +39,7 @@ from dgnerf import ops
 from dgnerf.camera import default_intrinsics
 from dgnerf.model import fused
 from dgnerf.model.config import HeadConfig
-from dgnerf.model.field import FieldMLP, dir_from_trunk, folded_hidden, positional_encoding
+from dgnerf.model.field import FieldMLP, positional_encoding
 from dgnerf.ops.reference import integrate_features_reference, sample_rays_reference
 from dgnerf.render.neural_renderer import NeuralRenderer
 
@@ -161,16 +161,12 @@ class HeadModel(nn.Module):
         out = {"feature_map": feature_map, "opacity": opacity.reshape(B, H, Wd), "depth": depth.reshape(B, H, Wd)}
         if render_image:
             with _stage("renderer", timings, feature_map.device):
-                dtype = PRECISIONS[precision] if path == "fast" else torch.float32
-                out["image"] = self.render_image(feature_map, dtype)
+                if path == "fast":
+                    dtype = PRECISIONS[precision]
+                    out["image"] = self.renderer(feature_map, None if dtype == torch.float32 else dtype, channels_last=True)
+                else:
+                    out["image"] = self.renderer(feature_map)
         return out
-
-    def render_image(self, feature_map: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
-        """The neural renderer; reduced precision runs under autocast and returns float32."""
-        if dtype == torch.float32:
-            return self.renderer(feature_map)
-        with torch.autocast(feature_map.device.type, dtype=dtype):
-            return self.renderer(feature_map).float()
 
     # ------------------------------------------------------------------ reference path
     def _features_reference(self, z_id, beta, c2w, K, stratified, seed, timings):
@@ -200,6 +196,8 @@ class HeadModel(nn.Module):
                                                         stratified, seed, cfg.sphere_radius)
             x_enc = positional_encoding(pts, cfg.pos_freqs)
             d_enc = positional_encoding(dirs, cfg.dir_freqs)
+        if dtype == torch.float32:
+            dtype = x_enc.dtype  # "fp32" = the model's own precision (float64 models stay float64)
         with _stage("mlp", timings, dev):
             cond = torch.cat([z_id, beta], dim=-1)
             bias0, bias_skip, dir_bias = self.field.fold(cond, d_enc)
@@ -209,8 +207,7 @@ class HeadModel(nn.Module):
             elif ert_threshold > 0:
                 sigma, hdir = self._field_ert(x_enc, bias0, bias_skip, dir_bias, deltas, dtype, ert_threshold, ert_chunk)
             else:
-                sigma_raw, hdir = fused.field_hidden(self.field, x_enc, bias0[:, None, None], _opt(bias_skip, 3),
-                                                     dir_bias[:, :, None], dtype)
+                sigma_raw, hdir = fused.field_hidden(self.field, x_enc, bias0, bias_skip, dir_bias, dtype)
                 sigma = self.density(sigma_raw.to(deltas.dtype))
             hdir = hdir.to(deltas.dtype)
         with _stage("integration", timings, dev):
@@ -220,49 +217,62 @@ class HeadModel(nn.Module):
             feat = Fn.linear(hsum, out.weight) + opacity[..., None] * out.bias + (1 - opacity)[..., None] * self.background
         return feat, opacity, depth
 
+    def _rows(self, x_rows, b, bias0, bias_skip, dir_rows, weights, dtype, base, samples_per_ray=0):
+        """Evaluate rows of image b -> (sigma [N] in base dtype after the activation, hdir [N, dw] in base dtype)."""
+        sig, hd = fused.rows_chunked(self.field, x_rows, bias0[b], None if bias_skip is None else bias_skip[b],
+                                     dir_rows, weights, dtype, samples_per_ray)
+        return self.density(sig.to(base)), hd.to(base)
+
     def _field_ert(self, x_enc, bias0, bias_skip, dir_bias, deltas, dtype, threshold, chunk):
         """Chunked march: a ray stops once T < threshold (same result as integrating with that threshold)."""
         B, R, S = deltas.shape
-        dev = x_enc.device
-        sig_chunks, hdir_chunks = [], []
-        log_t = torch.zeros(B, R, device=dev, dtype=deltas.dtype)
-        active = torch.ones(B, R, dtype=torch.bool, device=dev)
-        log_thr = float(torch.log(torch.tensor(threshold, dtype=torch.float64)))
+        dev, base = x_enc.device, deltas.dtype
         weights = self.field.folded_weights(None if dtype == torch.float32 else dtype)
         dw = self.cfg.dir_width
+        log_t = torch.zeros(B, R, device=dev, dtype=base)
+        active = torch.ones(B, R, dtype=torch.bool, device=dev)
+        log_thr = float(torch.log(torch.tensor(threshold, dtype=torch.float64)))
+        sig_chunks, hdir_chunks = [], []
         for c0 in range(0, S, chunk):
             c1 = min(S, c0 + chunk)
-            sig_c = deltas.new_zeros((B, R, c1 - c0))
-            hdir_c = x_enc.new_zeros((B, R, c1 - c0, dw), dtype=dtype)
-            if bool(active.any()):
-                b, r = active.nonzero(as_tuple=True)
-                xe = x_enc[b, r, c0:c1].to(dtype)
-                sr, hd = folded_hidden(xe, bias0[b][:, None].to(dtype), _idx_opt(bias_skip, b, dtype),
-                                       dir_bias[b, r][:, None].to(dtype), weights, self.cfg.skip_layer)
-                s = self.density(sr.to(deltas.dtype))
-                sig_c = sig_c.index_put((b, r), s)
-                hdir_c = hdir_c.index_put((b, r), hd)
+            k = c1 - c0
+            sig_c = deltas.new_zeros((B, R, k))
+            hdir_c = deltas.new_zeros((B, R, k, dw))
+            for b in range(B):
+                r = active[b].nonzero()[:, 0]
+                if r.numel() == 0:
+                    continue
+                s, hd = self._rows(x_enc[b, r, c0:c1].reshape(-1, x_enc.shape[-1]), b, bias0, bias_skip, dir_bias[b, r],
+                                   weights, dtype, base, samples_per_ray=k)
+                s = s.view(-1, k)
+                sig_c = sig_c.index_put((torch.full_like(r, b), r), s)
+                hdir_c = hdir_c.index_put((torch.full_like(r, b), r), hd.view(-1, k, dw))
                 with torch.no_grad():
-                    log_t = log_t.index_put((b, r), log_t[b, r] - (s.detach() * deltas[b, r, c0:c1]).sum(-1))
-                    active = active & (log_t >= log_thr)
+                    log_t[b, r] -= (s.detach() * deltas[b, r, c0:c1]).sum(-1)
+            with torch.no_grad():
+                active &= log_t >= log_thr
             sig_chunks.append(sig_c)
             hdir_chunks.append(hdir_c)
         return torch.cat(sig_chunks, dim=-1), torch.cat(hdir_chunks, dim=-2)
 
     def _field_skip(self, x_enc, bias0, bias_skip, dir_bias, deltas, dtype, k, eps, ert_threshold):
-        """Empty-space skipping: density-only pass at every k-th sample, then the MLP only where occupied."""
+        """Empty-space skipping: density pass at every k-th sample, then the MLP only where occupied."""
         B, R, S = deltas.shape
+        dev, base, P, dw = x_enc.device, deltas.dtype, x_enc.shape[-1], self.cfg.dir_width
         weights = self.field.folded_weights(None if dtype == torch.float32 else dtype)
-        ci = torch.arange(k // 2, S, k, device=x_enc.device)
+        ci = torch.arange(k // 2, S, k, device=dev)
         Sc = ci.numel()
-        sr_c, _, h_c = folded_hidden(x_enc[:, :, ci].to(dtype), bias0[:, None, None].to(dtype), _opt(bias_skip, 3, dtype),
-                                     None, weights, self.cfg.skip_layer, with_hidden=False, return_trunk=True)
-        sig_c = self.density(sr_c.to(deltas.dtype))
-        hdir_c = dir_from_trunk(h_c, dir_bias[:, :, None].to(dtype), weights)
+        sig_c, hdir_c = [], []
+        for b in range(B):
+            s, hd = self._rows(x_enc[b][:, ci].reshape(-1, P), b, bias0, bias_skip, dir_bias[b], weights, dtype, base,
+                               samples_per_ray=Sc)
+            sig_c.append(s.view(R, Sc))
+            hdir_c.append(hd.view(R, Sc, dw))
+        sig_c, hdir_c = torch.stack(sig_c), torch.stack(hdir_c)
         with torch.no_grad():
             # Fine sample i belongs to coarse cell j = min(i // k, Sc - 1); it is occupied when the densest of
             # cells j-1, j, j+1 would make it non-negligible (tau = sigma * delta > eps).
-            cell = torch.clamp(torch.arange(S, device=x_enc.device) // k, max=Sc - 1)
+            cell = torch.clamp(torch.arange(S, device=dev) // k, max=Sc - 1)
             sc = sig_c.detach()
             pooled = Fn.max_pool1d(sc.reshape(B * R, 1, Sc), 3, stride=1, padding=1).reshape(B, R, Sc)
             keep = pooled[..., cell] * deltas > eps
@@ -271,16 +281,16 @@ class HeadModel(nn.Module):
                 excl = torch.cumsum(tau, dim=-1) - tau
                 keep &= excl <= -float(torch.log(torch.tensor(ert_threshold, dtype=torch.float64)))
             keep[..., ci] = False  # the coarse samples are already evaluated
-        sigma = deltas.new_zeros((B, R, S))
-        hdir = x_enc.new_zeros((B, R, S, self.cfg.dir_width), dtype=dtype)
-        sigma = sigma.index_copy(2, ci, sig_c)
-        hdir = hdir.index_copy(2, ci, hdir_c)
-        if bool(keep.any()):
-            b, r, s = keep.nonzero(as_tuple=True)
-            sr, hd = folded_hidden(x_enc[b, r, s].to(dtype), bias0[b].to(dtype), _idx_opt(bias_skip, b, dtype, sq=False),
-                                   dir_bias[b, r].to(dtype), weights, self.cfg.skip_layer)
-            sigma = sigma.index_put((b, r, s), self.density(sr.to(deltas.dtype)))
-            hdir = hdir.index_put((b, r, s), hd)
+        sigma = deltas.new_zeros((B, R, S)).index_copy(2, ci, sig_c)
+        hdir = deltas.new_zeros((B, R, S, dw)).index_copy(2, ci, hdir_c)
+        for b in range(B):
+            r, s_idx = keep[b].nonzero(as_tuple=True)
+            if r.numel() == 0:
+                continue
+            s, hd = self._rows(x_enc[b, r, s_idx], b, bias0, bias_skip, dir_bias[b, r], weights, dtype, base)
+            bb = torch.full_like(r, b)
+            sigma = sigma.index_put((bb, r, s_idx), s)
+            hdir = hdir.index_put((bb, r, s_idx), hd)
         return sigma, hdir
 
     # ------------------------------------------------------------------ CUDA graphs
@@ -338,21 +348,6 @@ class HeadModel(nn.Module):
 
         replay.graph = graph
         return replay
-
-
-def _opt(t, n_new_axes: int, dtype=None):
-    if t is None:
-        return None
-    for _ in range(n_new_axes - 1):
-        t = t[:, None]
-    return t if dtype is None else t.to(dtype)
-
-
-def _idx_opt(t, b, dtype, sq=True):
-    if t is None:
-        return None
-    t = t[b].to(dtype)
-    return t[:, None] if sq else t
 
 
 __all__ = ["HeadModel", "HeadConfig", "psnr", "PATHS", "PRECISIONS", "STAGES"]
