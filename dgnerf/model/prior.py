@@ -32,11 +32,12 @@ def sphere_directions(n: int, dtype=torch.float32) -> torch.Tensor:
 
 
 @torch.no_grad()
-def apply_head_prior(model, radii=(0.75, 0.95, 0.85), slope: float = 40.0, n_dirs: int = 64):
-    """Make the model's density a solid ellipsoid with semi-axes `radii` (x, y, z) in place; returns the model."""
+def apply_head_prior(model, radii=(0.75, 0.95, 0.85), slope: float = 40.0, n_dirs: int | None = None):
+    """Make the model's density a solid ellipsoid with semi-axes `radii` (x, y, z) in place; returns the model.
+    n_dirs: dedicated trunk units (default min(64, mlp_width // 2))."""
     f, cfg = model.field, model.cfg
     W = cfg.mlp_width
-    K = int(n_dirs)
+    K = min(64, W // 2) if n_dirs is None else n_dirs
     if not 3 <= K <= W:
         raise ValueError(f"apply_head_prior: argument 'n_dirs' expected an int in [3, mlp_width={W}], got {n_dirs!r}")
     if len(radii) != 3 or min(radii) <= 0:
