@@ -11,5 +11,5 @@ fi
 . .venv/bin/activate
 python -m pip install -q --upgrade pip setuptools wheel ninja
 python -c "import torch" 2>/dev/null || python -m pip install -q torch==2.13.0
-python -m pip install -q --no-build-isolation -e .
+python -m pip install -q --no-build-isolation -e ".[train]"
 python -m dgnerf demo "$@"

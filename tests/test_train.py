@@ -49,13 +49,23 @@ def test_frame_order_is_a_pure_function_of_seed_and_step():
 
 
 def test_training_reduces_loss_and_writes_outputs(tiny_set, tmp_path):
-    cfg = tiny_cfg(tiny_set, tmp_path / "run", steps=60, lr=3e-3, sample_every=60, log_every=1, batch_size=4)
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+
+        with_tb = True
+    except ImportError:
+        with_tb = False
+    cfg = tiny_cfg(tiny_set, tmp_path / "run", steps=60, lr=3e-3, sample_every=60, log_every=1, batch_size=4,
+                   tensorboard=with_tb)
     res = Trainer(cfg).fit()
     losses = read_losses(cfg.out)
     first = sum(losses[s] for s in range(1, 11)) / 10
     last = sum(losses[s] for s in range(51, 61)) / 10
     assert res["step"] == 60 and last < 0.8 * first, (first, last)
     assert os.path.exists(os.path.join(cfg.out, "samples", "step_00000060.png"))
+    tb = os.path.join(cfg.out, "tensorboard")
+    if cfg.tensorboard:
+        assert any(f.startswith("events.out.tfevents") for f in os.listdir(tb))
     from dgnerf.checkpoint import load_checkpoint
 
     model = load_checkpoint(os.path.join(res["checkpoint"], "model.safetensors"))

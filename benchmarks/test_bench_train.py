@@ -1,0 +1,49 @@
+"""Training throughput (images/s): the fast path vs the reference path, same data, same model, one run."""
+import os
+import time
+
+import pytest
+import torch
+
+from benchmarks.harness import record
+from dgnerf.train import TrainConfig, Trainer
+from dgnerf.train.demo import DEMO_MODEL
+
+
+@pytest.fixture(scope="module")
+def small_set(tmp_path_factory):
+    from dgnerf.data.synthetic import build_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("bench") / "set"
+    build_synthetic_dataset(root, size="small", seed=0, persons=4, frames_per_person=8, test_persons=1)
+    return str(root)
+
+
+def _img_per_s(data, out, path, device, model, batch, steps):
+    cfg = TrainConfig(data=data, out=out, model=dict(model), path=path, batch_size=batch, steps=steps + 2,
+                      lambda_perceptual=0.0, progress=False, tensorboard=False, device=str(device),
+                      checkpoint_every=10**9, sample_every=10**9)
+    t = Trainer(cfg)
+    for s in range(2):  # warm-up
+        t.train_step(s)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for s in range(2, steps + 2):
+        t.train_step(s)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return batch * steps / (time.perf_counter() - t0)
+
+
+@pytest.mark.parametrize("config", ["demo"])
+def test_bench_train_throughput(device, small_set, tmp_path, config):
+    model = DEMO_MODEL
+    batch, steps = (8, 3) if device.type == "cpu" else (8, 20)
+    ref = _img_per_s(small_set, str(tmp_path / "r"), "reference", device, model, batch, steps)
+    fast = _img_per_s(small_set, str(tmp_path / "f"), "fast", device, model, batch, steps)
+    shape = {"config": config, "batch": batch, "image": model["image_size"], "feature": model["feature_size"],
+             "samples": model["n_samples"], "mlp": f'{model["mlp_depth"]}x{model["mlp_width"]}'}
+    # record in ms per image so that speedup = reference / fast as for every other record
+    record("train step (per image)", device, torch.float32, shape, 1e3 / ref, 1e3 / fast,
+           reference_img_s=round(ref, 2), fast_img_s=round(fast, 2))
