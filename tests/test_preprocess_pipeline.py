@@ -231,3 +231,23 @@ def test_cli_user_errors_are_one_line(tmp_path, capsys):
     (tmp_path / "t.json").write_text(json.dumps({"frames": []}))
     assert main(["preprocess", "import", "--tracking", str(tmp_path / "t.json"), "--out", str(tmp_path / "o")]) == 2
     assert "non-empty list 'frames'" in capsys.readouterr().err
+
+
+def test_video_sources_and_unreadable_files(tmp_path):
+    import imageio.v2 as iio
+
+    p = tmp_path / "clip.mp4"
+    w = iio.get_writer(str(p), fps=10, codec="libx264", macro_block_size=1, quality=10)
+    for i in range(6):
+        a = np.full((H, W, 3), 90, np.uint8)
+        a[:8, :8] = 10 * (i + 1) + 5  # the frame number survives compression in a flat block
+        w.append_data(a)
+    w.close()
+    (tmp_path / "broken.mp4").write_bytes(b"not a video at all" * 20)
+    s = run_fake([p, tmp_path / "broken.mp4"], tmp_path / "set", stride=2)
+    clip = s.sources[0]
+    assert clip.total == 3 and clip.kept == 3  # frames 0, 2, 4 (detector sees 1, 3, 5: one face each)
+    assert any("broken.mp4" in q and "cannot open as a video" in q for q in s.problems)
+    assert check_dataset(tmp_path / "set") == []
+    man = json.loads((tmp_path / "set" / "manifest.json").read_text())
+    assert [f["source"] for f in man["frames"]] == ["clip.mp4#frame=0", "clip.mp4#frame=2", "clip.mp4#frame=4"]
