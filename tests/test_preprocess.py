@@ -80,6 +80,11 @@ def test_smoothing_keeps_a_constant_pose_and_reduces_jitter():
     assert np.abs(t3 - ts).mean() < 0.6 * np.abs(tn - ts).mean()
     for a in R3:
         assert np.allclose(a.T @ a, np.eye(3), atol=1e-9) and np.linalg.det(a) > 0
+    # a cut (the head turns 40 degrees between two frames) is not blurred across
+    R_other = G.rodrigues([0, math.radians(40), 0]) @ R
+    Rc = np.stack([R] * 10 + [R_other] * 10)
+    R4, _ = G.smooth_poses(Rc, np.stack([t] * 20), np.arange(20), 2.0)
+    assert np.allclose(R4[9], R, atol=1e-9) and np.allclose(R4[10], R_other, atol=1e-9)
 
 
 def test_quaternion_roundtrip():

@@ -191,10 +191,14 @@ def solve_pnp(
 # ---------------------------------------------------------------------------------------------- smoothing
 
 
-def smooth_poses(Rs: np.ndarray, ts: np.ndarray, times: np.ndarray, sigma: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def smooth_poses(
+    Rs: np.ndarray, ts: np.ndarray, times: np.ndarray, sigma: float = 1.0, max_angle_deg: float = 15.0, max_shift: float = 0.1
+) -> tuple[np.ndarray, np.ndarray]:
     """Gaussian temporal smoothing of poses [N,3,3], [N,3] sampled at frame numbers `times` [N]
     (gaps are respected: weights fall off with the frame distance). Rotations are averaged as
-    sign-aligned quaternions. sigma <= 0 returns the input."""
+    sign-aligned quaternions. A neighbour whose rotation differs by more than `max_angle_deg` or whose
+    translation differs by more than `max_shift` of the distance is not averaged in (a cut, or unrelated
+    photos in an image folder, is not blurred). sigma <= 0 returns the input."""
     Rs = np.asarray(Rs, np.float64)
     ts = np.asarray(ts, np.float64)
     if sigma <= 0 or len(Rs) < 2:
@@ -205,6 +209,11 @@ def smooth_poses(Rs: np.ndarray, ts: np.ndarray, times: np.ndarray, sigma: float
     rad = 3 * sigma
     for i in range(len(Rs)):
         sel = np.abs(times - times[i]) <= rad
+        cosang = np.clip(np.abs(q[sel] @ q[i]), 0.0, 1.0)  # |<q_j, q_i>| = cos(angle / 2)
+        similar = (2 * np.degrees(np.arccos(cosang)) <= max_angle_deg) & (
+            np.linalg.norm(ts[sel] - ts[i], axis=1) <= max_shift * max(np.linalg.norm(ts[i]), 1e-9)
+        )
+        sel[np.flatnonzero(sel)[~similar]] = False
         wts = np.exp(-0.5 * ((times[sel] - times[i]) / sigma) ** 2)
         qs = q[sel] * np.sign(q[sel] @ q[i] + 1e-12)[:, None]
         qm = (wts[:, None] * qs).sum(0)

@@ -279,12 +279,14 @@ def crop_source(src, frames, report, opts, segment_fn, encoder, stage: Path, tqd
     by_n = {f.number: f for f in frames}
     done = []
     res = opts.resolution
+    seen = set()
     it = src.frames(opts.max_frames, opts.stride)
     bar = tqdm(it, desc=f"crop {src.name}", unit="frame", leave=False, disable=not opts.progress) if tqdm else it
     for n, rgb, problem in bar:
         f = by_n.get(n)
         if f is None:
             continue
+        seen.add(n)
         if problem is not None or rgb.shape[:2] != f.hw:
             report.drop("unreadable", n, problem or "the frame changed between passes")
             continue
@@ -317,6 +319,8 @@ def crop_source(src, frames, report, opts, segment_fn, encoder, stage: Path, tqd
             done.append(f)
         except Exception as e:  # noqa: BLE001
             report.drop("error", n, f"{type(e).__name__}: {str(e)[:120]}")
+    for n in sorted(set(by_n) - seen):  # decoded in pass 1 but not in pass 2: still accounted for
+        report.drop("unreadable", n, "not decoded again in the second pass")
     return done
 
 
