@@ -99,33 +99,24 @@ def make_outputs(run_dir: str, data_dir: str, out_dir: str, log=print) -> dict:
         frames += [to_uint8(x).repeat(scale, 0).repeat(scale, 1) for x in img]
     results["orbit"] = os.path.basename(_frames_to_video(frames, os.path.join(out_dir, "orbit_train_person.mp4")))
 
-    # 3. identity interpolation: two training people, 7 steps, 3 views (rows)
+    # 3. identity interpolation: two training people, 7 steps, 3 views (rows), the set's mean expression
+    from dgnerf.apps.interp import interpolation_grid
+
     persons = sorted({f.person_index for f in train_set.frames})
     first = {}
     for j, f in enumerate(train_set.frames):
         first.setdefault(f.person_index, j)
     za = train_set.arrays["identity"][first[persons[0]]]
     zb = train_set.arrays["identity"][first[persons[min(len(persons) - 1, 3)]]]
-    beta_n = train_set.arrays["expression"].mean(0, keepdim=True)
-    steps = torch.linspace(0, 1, 7)
-    tiles = []
-    for yaw in (-25.0, 0.0, 25.0):
-        zs = torch.stack([(1 - s) * za + s * zb for s in steps])
-        zs = zs / zs.norm(dim=-1, keepdim=True) * za.norm()
-        img = _render(model, zs, beta_n.expand(7, -1), views([yaw] * 7, [0.0] * 7), K1.expand(7, -1))
-        tiles += [to_uint8(x) for x in img]
-    save_png(os.path.join(out_dir, "identity_interpolation.png"), grid(tiles, cols=7, scale=scale))
+    beta_n = train_set.arrays["expression"].mean(0)
+    imgs = interpolation_grid(model, za, zb, beta_n, beta_n, distance=dist, intrinsics=K1)
+    save_png(os.path.join(out_dir, "identity_interpolation.png"), grid([to_uint8(x) for x in imgs], cols=7, scale=scale))
 
     # 4. expression interpolation: one person, between its two most different expressions
     E = train_set.arrays["expression"][sel]
-    d = torch.cdist(E, E)
-    i, j = divmod(int(d.argmax()), d.shape[1])
-    tiles = []
-    for yaw in (-20.0, 0.0, 20.0):
-        bs = torch.stack([(1 - s) * E[i] + s * E[j] for s in steps])
-        img = _render(model, z0.expand(7, -1), bs, views([yaw] * 7, [0.0] * 7), K1.expand(7, -1))
-        tiles += [to_uint8(x) for x in img]
-    save_png(os.path.join(out_dir, "expression_interpolation.png"), grid(tiles, cols=7, scale=scale))
+    i, j = divmod(int(torch.cdist(E, E).argmax()), E.shape[0])
+    imgs = interpolation_grid(model, z0, z0, E[i], E[j], yaws=(-20.0, 0.0, 20.0), distance=dist, intrinsics=K1)
+    save_png(os.path.join(out_dir, "expression_interpolation.png"), grid([to_uint8(x) for x in imgs], cols=7, scale=scale))
 
     # 5. loss curve
     series = {}

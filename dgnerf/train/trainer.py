@@ -434,7 +434,8 @@ class Trainer:
                 step += 1
                 n_last += c.batch_size
                 last = parts
-                if step % c.log_every == 0 or step == c.steps:
+                out_of_time = c.max_minutes is not None and (time.time() - t_start) > 60 * c.max_minutes
+                if step % c.log_every == 0 or step == c.steps or out_of_time or self._stop:
                     now = time.time()
                     img_s = n_last / max(1e-9, now - t_last)
                     t_last, n_last = now, 0
@@ -445,7 +446,7 @@ class Trainer:
                     self.save(step)
                 if step % c.sample_every == 0:
                     self.sample_grid(step)
-                if c.max_minutes is not None and (time.time() - t_start) > 60 * c.max_minutes:
+                if out_of_time:
                     if self.rank == 0:
                         tqdm.write(f"dgnerf train: time budget of {c.max_minutes} min reached at step {step}")
                     break
