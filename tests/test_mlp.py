@@ -182,14 +182,19 @@ def test_gradcheck_float64(skip):
 
 @needs_kernel
 def test_opcheck():
-    m = make_mlp(B=2, P=20, Dx=5, Dd=3, Z=4, E=2, W=16, D=4, Wd=8, F=6, skip=2)
+    _opcheck("cpu", 0)
+    _opcheck("cpu", 1)
+
+
+def _opcheck(device, precision):
+    m = make_mlp(B=2, P=20, Dx=5, Dd=3, Z=4, E=2, W=16, D=4, Wd=8, F=6, skip=2, device=device)
     w = FieldWeights.from_unfolded(m["lw"], m["lb"], *m["rest"], dx=m["Dx"], skip=m["skip"])
     c0, cs = fold_conditioning(w, m["z"], m["beta"])
     leaf = lambda t: t.detach().contiguous().requires_grad_()  # noqa: E731
     for feature in (True, False):
         args = (leaf(m["x"]), leaf(m["d"]), leaf(c0), leaf(cs), leaf(w.w0x), [leaf(t) for t in w.hidden_w],
                 [leaf(t) for t in w.hidden_b], leaf(w.skip_wx), leaf(w.sigma_w), leaf(w.sigma_b), leaf(w.dir_w),
-                leaf(w.dir_b), leaf(w.out_w), leaf(w.out_b), 2, feature, 0, True)
+                leaf(w.dir_b), leaf(w.out_w), leaf(w.out_b), 2, feature, precision, True)
         torch.library.opcheck(torch.ops.dgnerf.field_mlp_forward.default, args)
 
 
@@ -318,6 +323,12 @@ def test_cuda_fp32_exact():
         compare(m, "feature", "fp32", 1e-5, 1e-5)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = prev
+
+
+@requires_cuda
+@pytest.mark.parametrize("precision", [0, 1, 2])
+def test_opcheck_cuda(precision):
+    _opcheck("cuda", precision)
 
 
 @requires_cuda

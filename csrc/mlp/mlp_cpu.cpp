@@ -1,13 +1,15 @@
 // The field MLP on CPU (formulas and layouts: csrc/include/dgnerf/mlp.h).
 //
-// Points are cut into tiles of kTile points that never straddle two images (so a tile's folded
+// Points are cut into tiles of 512 points that never straddle two images (so a tile's folded
 // conditioning is one bias row); the tiles run in parallel (at::parallel_for) and each worker keeps
-// its tile's activations in two [kTile, W] buffers that stay in its L2 through all layers. Every layer
+// its tile's activations in two [512, W] buffers that stay in its L2 through all layers. Every layer
 // is one GEMM through ATen (MKL for float32/float64, oneDNN with AVX-512 BF16 for bf16 operands with
 // float32 accumulation). The backward pass runs the same tiles in reverse with per-worker float32
-// weight-gradient accumulators (each tile adds a [W, kTile] x [kTile, W] GEMM), summed at the end.
+// weight-gradient accumulators (each tile adds a [W, 512] x [512, W] GEMM), summed at the end.
 #include <ATen/ATen.h>
 #include <torch/library.h>
+
+#include <cstdlib>
 
 #include "dgnerf/mlp.h"
 
@@ -15,7 +17,15 @@ namespace dgnerf {
 namespace {
 
 // 512 points x 256 channels x 4 bytes = 512 KiB per activation tile: two of them fit a core's L2.
-constexpr int64_t kTile = 512;
+// DGNERF_MLP_TILE overrides it (read once) for tuning on other machines.
+int64_t tile_points() {
+  static const int64_t tile = [] {
+    const char* env = std::getenv("DGNERF_MLP_TILE");
+    const long v = env ? std::strtol(env, nullptr, 10) : 0;
+    return v > 0 ? static_cast<int64_t>(v) : int64_t(512);
+  }();
+  return tile;
+}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> field_mlp_forward_cpu(
     const at::Tensor& x_enc, const at::Tensor& d_enc, const at::Tensor& cond0,
@@ -24,7 +34,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> field_mlp_forward_cpu(
     const at::Tensor& sigma_b, const at::Tensor& dir_w, const at::Tensor& dir_b, const at::Tensor& out_w,
     const at::Tensor& out_b, int64_t skip, bool feature, int64_t precision, bool save) {
   return mlp_forward_impl(x_enc, d_enc, cond0, cond_skip, w0x, hidden_w, hidden_b, skip_wx, sigma_w, sigma_b, dir_w,
-                          dir_b, out_w, out_b, skip, feature, precision, save, kTile);
+                          dir_b, out_w, out_b, skip, feature, precision, save, tile_points());
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>,
@@ -34,7 +44,7 @@ field_mlp_backward_cpu(const at::Tensor& grad_sigma, const at::Tensor& grad_out,
                        const c10::optional<at::Tensor>& skip_wx, const at::Tensor& sigma_w, const at::Tensor& dir_w,
                        const at::Tensor& out_w, int64_t skip, bool feature, int64_t precision) {
   return mlp_backward_impl(grad_sigma, grad_out, x_enc, d_enc, acts, w0x, hidden_w, skip_wx, sigma_w, dir_w, out_w,
-                           skip, feature, precision, kTile);
+                           skip, feature, precision, tile_points());
 }
 
 }  // namespace
