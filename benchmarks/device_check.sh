@@ -12,7 +12,12 @@ mkdir -p "$OUT"
 LOG="$OUT/check.log"
 exec > >(tee -a "$LOG") 2>&1
 export PYTHONUNBUFFERED=1 PYTHONPATH="$(pwd)${PYTHONPATH:+:$PYTHONPATH}"
-export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda} DGNERF_CUDA=1 MAX_JOBS=${MAX_JOBS:-16}
+if [ -z "${CUDA_HOME:-}" ]; then
+  if [ -x /usr/local/cuda/bin/nvcc ]; then CUDA_HOME=/usr/local/cuda
+  elif command -v nvcc >/dev/null; then CUDA_HOME=$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")
+  fi
+fi
+export CUDA_HOME DGNERF_CUDA=1 MAX_JOBS=${MAX_JOBS:-16}
 PY=${PYTHON:-python3}
 t0=$(date +%s)
 stamp() { echo "== [$(( $(date +%s) - t0 )) s] $* =="; }
@@ -20,6 +25,7 @@ stamp() { echo "== [$(( $(date +%s) - t0 )) s] $* =="; }
 stamp "machine"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv || true
 $PY -c "import torch;print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))"
+echo "CUDA_HOME=$CUDA_HOME; $("$CUDA_HOME"/bin/nvcc --version | tail -1)"
 
 stamp "build (against this machine's torch)"
 rm -f dgnerf/_C*.so dgnerf/_build_meta.json
