@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The GPU check, for a lent GPU machine (torch 2.11 cu130, nvcc 13.0, 16 cores, no internet), in ONE
 # call of the device tool, well inside 8 minutes:
-#   run(command="bash benchmarks/device_check.sh", timeout_s=540)
-# It builds dgnerf._C against the machine's torch, runs the CUDA tests (and the CPU suite), the GPU
-# benchmarks, and leaves under $OUT: check.log (everything), info.json, tests.txt, bench.txt and the
+#   run(command="bash benchmarks/device_check.sh", timeout_s=560)
+# It builds dgnerf._C against the machine's torch (<= 270 s), runs the CUDA tests (<= 100 s) and the
+# GPU benchmarks (<= 150 s; the CPU suite is CI's job), and leaves under $OUT: check.log (everything), info.json, tests.txt, bench.txt and the
 # benchmark JSON (cuda-*.json). The last lines printed are a short summary table.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -29,7 +29,7 @@ echo "CUDA_HOME=$CUDA_HOME; $("$CUDA_HOME"/bin/nvcc --version | tail -1)"
 
 stamp "build (against this machine's torch)"
 rm -f dgnerf/_C*.so dgnerf/_build_meta.json
-if ! timeout 300 $PY setup.py -q build_ext --inplace > "$OUT/build.txt" 2>&1; then
+if ! timeout 270 $PY setup.py -q build_ext --inplace > "$OUT/build.txt" 2>&1; then
   tail -60 "$OUT/build.txt"
   stamp "BUILD FAILED"
   exit 1
@@ -38,11 +38,8 @@ grep -iE "warning|error" "$OUT/build.txt" | grep -v "^\[" | head -20
 $PY -m dgnerf info | tee "$OUT/info.json"
 
 stamp "CUDA tests"
-timeout 150 $PY -m pytest -q -m cuda tests -p no:cacheprovider -rfE 2>&1 | tee "$OUT/tests.txt" | tail -25
-stamp "CPU tests (quick, for the record)"
-timeout 90 $PY -m pytest -q -m "not cuda" tests -x -p no:cacheprovider 2>&1 | tail -5
-
+timeout 100 $PY -m pytest -q -m cuda tests -p no:cacheprovider -rfE 2>&1 | tee "$OUT/tests.txt" | tail -25
 stamp "GPU benchmarks"
-DGNERF_BENCH_DIR="$OUT" DGNERF_BENCH_DEVICES=cuda timeout 200 $PY -m pytest -q benchmarks -s -p no:cacheprovider 2>&1 \
+DGNERF_BENCH_DIR="$OUT" DGNERF_BENCH_DEVICES=cuda timeout 150 $PY -m pytest -q benchmarks -s -p no:cacheprovider 2>&1 \
   | tee "$OUT/bench.txt" | tail -40
 stamp "done; files in \$OUT: $(ls "$OUT" | tr '\n' ' ')"
