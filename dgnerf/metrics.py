@@ -74,3 +74,15 @@ def lpips(pred, target, mask=None, vgg=None, fill: float = 1.0) -> torch.Tensor:
     vgg = vgg if vgg is not None else load_vgg16(device=pred.device)
     with torch.no_grad():
         return lpips_distance(vgg, pred, target)
+
+
+def masked_metrics(pred, target, mask, vgg=None, batch: int = 16) -> dict:
+    """The paper's table metrics per image inside the head mask -> {'l1', 'psnr', 'ssim'[, 'lpips']: [B]}.
+    LPIPS only when a VGG16 (dgnerf.losses.load_vgg16()) is given; computed `batch` images at a time."""
+    _check(pred, target, mask)
+    pred, target, mask = pred.detach().float(), target.detach().float(), mask.detach().float()
+    out = {"l1": masked_l1(pred, target, mask), "psnr": masked_psnr(pred, target, mask), "ssim": ssim(pred, target, mask)}
+    if vgg is not None:
+        out["lpips"] = torch.cat([lpips(pred[i:i + batch], target[i:i + batch], mask[i:i + batch], vgg=vgg)
+                                  for i in range(0, pred.shape[0], batch)])
+    return out

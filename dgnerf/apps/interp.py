@@ -35,3 +35,45 @@ def interpolation_grid(model, z_a, z_b, beta_a, beta_b, yaws=(-25.0, 0.0, 25.0),
             out = model(zs[sl], bs[sl], c2w[sl], K.expand(n, 4), path="fast")["image"]
             images += list(out.float().cpu())
     return images
+
+
+def person_codes(dataset, person: str):
+    """(mean identity [I], expression rows [n,E], c2w rows [n,4,4], intrinsics rows [n,4] in image pixels) of
+    one person of a HeadDataset; DgnerfError naming the persons when it is not there."""
+    from dgnerf.errors import DgnerfError
+
+    rows = [j for j, f in enumerate(dataset.frames) if f.person == person]
+    if not rows:
+        have = dataset.persons
+        raise DgnerfError(f"person {person!r} is not in {dataset.root} (it has {have[:12]}{'...' if len(have) > 12 else ''})")
+    a = dataset.arrays
+    return a["identity"][rows].mean(0), a["expression"][rows], a["c2w"][rows], a["intrinsics"][rows]
+
+
+def interpolation_figure(model, dataset, person_a: str, person_b: str, steps: int = 7, yaws=(-25.0, 0.0, 25.0),
+                         scale: int | None = None):
+    """One PNG-ready uint8 image: on top the identity grid (A -> B at the set's mean expression, one row per
+    yaw), below the expression grid (A's identity between A's two most different expressions).
+    The camera is the dataset's typical one (median distance and focal)."""
+    import numpy as np
+
+    from dgnerf.train.plots import grid, to_uint8
+
+    za, Ea, _, _ = person_codes(dataset, person_a)
+    zb, _, _, _ = person_codes(dataset, person_b)
+    dist = float(dataset.arrays["c2w"][:, :3, 3].norm(dim=-1).median())
+    fx = float(dataset.arrays["intrinsics"][:, 0].median()) * model.cfg.feature_size / dataset.width
+    c = model.cfg.feature_size / 2
+    K = torch.tensor([[fx, fx, c, c]])
+    beta_mean = dataset.arrays["expression"].mean(0)
+    s = scale if scale is not None else max(1, 128 // model.cfg.image_size)
+    ident = interpolation_grid(model, za, zb, beta_mean, beta_mean, yaws=yaws, steps=steps, distance=dist, intrinsics=K)
+    if Ea.shape[0] >= 2:
+        i, j = divmod(int(torch.cdist(Ea, Ea).argmax()), Ea.shape[0])
+    else:
+        i, j = 0, 0
+    expr = interpolation_grid(model, za, za, Ea[i], Ea[j], yaws=yaws, steps=steps, distance=dist, intrinsics=K)
+    top = grid([to_uint8(x) for x in ident], cols=steps, scale=s)
+    bottom = grid([to_uint8(x) for x in expr], cols=steps, scale=s)
+    sep = np.full((6, top.shape[1], 3), 255, np.uint8)
+    return np.concatenate([top, sep, bottom], 0)

@@ -1,0 +1,110 @@
+"""Driving: the target's identity, the driver's head pose and expression, frame by frame.
+
+    from dgnerf.apps.drive import driver_from_dataset, drive_frames
+    drv = driver_from_dataset("heads", model.cfg, person="p0011")
+    frames = drive_frames(model, z_target, drv)        # list of [H, 2W, 3] uint8: driver | result
+
+The driver's expression codes must be coefficients of the model's expression basis: a dataset made by
+`dgnerf preprocess VIDEO --expression-basis TRAIN_SET` (or a raw video, preprocessed here the same way
+when the preprocess extra is installed), or any person of the training set's own dataset.
+The driver's camera (its tracked head pose and intrinsics) is used as is: the result is seen as the
+driver's head is seen.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from dgnerf.errors import DgnerfError
+
+
+@dataclass
+class Driver:
+    image: torch.Tensor  # [N,3,S,S] the driver's frames at the model's image size
+    c2w: torch.Tensor  # [N,4,4]
+    intrinsics: torch.Tensor  # [N,4] feature-map pixels
+    expression: torch.Tensor  # [N,E]
+    person: str
+
+    def __len__(self):
+        return self.image.shape[0]
+
+
+def driver_from_dataset(root: str, cfg, person: str | None = None, split: str | None = None,
+                        max_frames: int | None = None) -> Driver:
+    """The frames of one person of a dataset in manifest order (temporal order for a video); person None:
+    the dataset must hold one person (in `split` when given)."""
+    from dgnerf.apps.fit import targets_from_dataset
+    from dgnerf.data import HeadDataset
+
+    if person is None:
+        have = HeadDataset(root, split=split, check="none").split_persons
+        if len(have) != 1:
+            raise DgnerfError(f"--driver {root}: holds {len(have)} persons {have}; pick one with DATASET:PERSON")
+        person = have[0]
+    tg = targets_from_dataset(root, cfg, persons=[person], split=split, what="--driver")[0]
+    n = len(tg) if max_frames is None else min(len(tg), max_frames)
+    if max_frames is not None and max_frames < 1:
+        raise DgnerfError(f"--max-frames: expected >= 1, got {max_frames}")
+    return Driver(tg.image[:n], tg.c2w[:n], tg.intrinsics[:n], tg.expression[:n], person)
+
+
+def target_identity(spec: str, cfg) -> tuple[torch.Tensor, str]:
+    """--target: a code file (fit's identity_<person>.safetensors / codes.safetensors of one person, or any
+    file `dgnerf render --identity` reads) or DATASET:person (mean of the person's identity codes)
+    -> ([1, I], description)."""
+    import os
+
+    from dgnerf.apps.fit import is_dataset, load_identity, parse_source
+    from dgnerf.data import HeadDataset
+
+    root, person = parse_source(spec)
+    if is_dataset(root):
+        ds = HeadDataset(root, check="none")
+        if ds.identity_dim != cfg.z_id_dim:
+            raise DgnerfError(f"--target {spec!r}: identity codes are {ds.identity_dim}-d, the checkpoint expects {cfg.z_id_dim}")
+        if person is None:
+            if len(ds.persons) != 1:
+                raise DgnerfError(f"--target {spec!r}: the dataset holds {len(ds.persons)} persons; pick one with "
+                                  f"DATASET:PERSON (one of {ds.persons[:8]}{'...' if len(ds.persons) > 8 else ''})")
+            person = ds.persons[0]
+        rows = [j for j, f in enumerate(ds.frames) if f.person == person]
+        if not rows:
+            raise DgnerfError(f"--target {spec!r}: no person {person!r} in {root} (it has {ds.persons[:8]}"
+                              f"{'...' if len(ds.persons) > 8 else ''})")
+        return ds.arrays["identity"][rows].mean(0, keepdim=True), f"{root}:{person}"
+    if person is not None or os.path.isdir(root):
+        raise DgnerfError(f"--target {spec!r}: expected a code file or DATASET:PERSON (a directory with manifest.json)")
+    if not os.path.isfile(root):
+        raise DgnerfError(f"--target {spec!r}: no such file (expected a code file or DATASET:PERSON)")
+    return load_identity(root, cfg.z_id_dim), root
+
+
+@torch.no_grad()
+def drive_frames(model, z: torch.Tensor, driver: Driver, batch: int = 8, path: str = "fast", progress: bool = False,
+                 scale: int = 1) -> list:
+    """Side-by-side frames [S*scale, 2*S*scale (+gap), 3] uint8: driver | result."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from dgnerf.train.plots import to_uint8
+
+    dev = next(model.parameters()).device
+    model.eval()
+    z = z.to(dev).reshape(1, -1)
+    frames = []
+    bar = tqdm(total=len(driver), desc="driving", unit="frame", disable=not progress, leave=False)
+    for i in range(0, len(driver), batch):
+        sl = slice(i, i + batch)
+        n = driver.c2w[sl].shape[0]
+        out = model(z.expand(n, -1), driver.expression[sl].to(dev), driver.c2w[sl].to(dev),
+                    driver.intrinsics[sl].to(dev), path=path)["image"].float().cpu()
+        for k in range(n):
+            left, right = to_uint8(driver.image[i + k]), to_uint8(out[k])
+            gap = np.full((left.shape[0], 2, 3), 255, np.uint8)
+            f = np.concatenate([left, gap, right], 1)
+            frames.append(np.ascontiguousarray(f.repeat(scale, 0).repeat(scale, 1)))
+        bar.update(n)
+    bar.close()
+    return frames

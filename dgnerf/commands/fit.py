@@ -1,0 +1,175 @@
+"""`dgnerf fit (IMAGES_DIR | VIDEO | DATASET[:person]) --checkpoint C --out DIR`: fit a person the model never
+saw (dgnerf.apps.fit). Writes DIR/codes.safetensors, DIR/identity_<person>.safetensors, DIR/fit_<person>.png
+(rows: input, encoder-only render, fitted render, error x4), DIR/loss_<person>.png and DIR/metrics.json."""
+from __future__ import annotations
+
+import os
+
+from dgnerf.errors import DgnerfError
+
+
+def add_fit_arguments(p, iters_default: int = 300):
+    g = p.add_argument_group("fitting (dgnerf.apps.fit.FitConfig)")
+    g.add_argument("--iters", type=int, default=iters_default, help=f"optimisation steps per person (default {iters_default})")
+    g.add_argument("--lambda-perceptual", type=float, default=0.0,
+                   help="weight of the VGG16 perceptual loss (default 0 = masked L2 only; the paper trains with 10)")
+    g.add_argument("--lr-identity", type=float, default=3e-3)
+    g.add_argument("--lr-expression", type=float, default=1e-2)
+    g.add_argument("--lr-rotation", type=float, default=2e-3, help="pose correction, radians")
+    g.add_argument("--lr-translation", type=float, default=2e-3, help="pose correction, dataset units")
+    g.add_argument("--lr-decay", type=float, default=0.1, help="final/initial learning rate (exponential decay)")
+    g.add_argument("--reg-identity", type=float, default=1e-2, help="weight of |identity offset|^2")
+    g.add_argument("--reg-expression", type=float, default=1e-3, help="weight of |expression offset|^2 (mean over frames)")
+    g.add_argument("--reg-pose", type=float, default=1e-1, help="weight of |rotation|^2 and |translation|^2 of the corrections")
+    g.add_argument("--no-pose", action="store_true", help="keep the tracked poses (no camera correction)")
+    g.add_argument("--finetune-iters", type=int, default=0, help="afterwards fine-tune the model weights this many steps (default 0)")
+    g.add_argument("--finetune-lr", type=float, default=1e-4)
+    g.add_argument("--batch", type=int, default=8, help="frames rendered at once (default 8)")
+    g.add_argument("--max-frames", type=int, default=None, help="at most this many (evenly spaced) frames per person")
+    g.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    g.add_argument("--no-lpips", action="store_true", help="skip LPIPS in the metrics (it needs the VGG16 weights)")
+    g.add_argument("--no-progress", action="store_true")
+
+
+def fit_config(args):
+    from dgnerf.apps.fit import FitConfig
+
+    return FitConfig(iters=args.iters, lr_identity=args.lr_identity, lr_expression=args.lr_expression,
+                     lr_rotation=args.lr_rotation, lr_translation=args.lr_translation, lr_decay=args.lr_decay,
+                     lambda_perceptual=args.lambda_perceptual, reg_identity=args.reg_identity,
+                     reg_expression=args.reg_expression, reg_rotation=args.reg_pose, reg_translation=args.reg_pose,
+                     fit_pose=not args.no_pose, finetune_iters=args.finetune_iters, finetune_lr=args.finetune_lr,
+                     batch=args.batch).check()
+
+
+def load_model(checkpoint: str, device: str | None):
+    import torch
+
+    from dgnerf.checkpoint import load_checkpoint
+
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if dev.startswith("cuda") and not torch.cuda.is_available():
+        raise DgnerfError("--device cuda: no CUDA GPU is available (torch.cuda.is_available() is False)")
+    if not checkpoint:
+        raise DgnerfError("--checkpoint: required (a head checkpoint, e.g. RUN/checkpoints/step_XXXXXXXX)")
+    return load_checkpoint(checkpoint, device=dev)
+
+
+def vggs(args, need_perceptual: bool, log=print):
+    """(VGG for the perceptual loss or None, VGG for LPIPS or None)."""
+    from dgnerf.losses import load_vgg16
+
+    vgg = None
+    if need_perceptual:
+        vgg = load_vgg16()  # raises DgnerfError saying how to fetch it
+    if args.no_lpips:
+        return vgg, None
+    if vgg is None:
+        try:
+            vgg = load_vgg16()
+        except DgnerfError as e:
+            log(f"dgnerf: LPIPS skipped ({e})")
+            return None, None
+    return (vgg if need_perceptual else None), vgg
+
+
+def _resolve_source(args, cfg, workdir: str):
+    """-> (targets, description). Datasets directly; raw videos / image folders through the preprocessor."""
+    from dgnerf.apps.fit import is_dataset, parse_source, preprocess_inputs, targets_from_dataset
+    from dgnerf.data import HeadDataset
+
+    root, person = parse_source(args.source)
+    if not os.path.exists(root):
+        raise DgnerfError(f"source {args.source!r}: no such file or directory (expected IMAGES_DIR, VIDEO or DATASET[:person])")
+    if not is_dataset(root):
+        if person is not None:
+            raise DgnerfError(f"source {args.source!r}: ':{person}' selects a person of a dataset, but {root!r} is not a "
+                              "dataset (no manifest.json)")
+        pre = os.path.join(workdir, "input_dataset")
+        preprocess_inputs([root], pre, args.expression_basis, resolution=max(64, cfg.image_size), split="test",
+                          max_frames=args.max_frames)
+        return targets_from_dataset(pre, cfg, max_frames=args.max_frames, what="preprocessed input"), pre
+    if person is not None:
+        return targets_from_dataset(root, cfg, persons=[person], max_frames=args.max_frames), root
+    splits = sorted(set(HeadDataset(root, check="none").person_splits.values()))
+    split = args.split
+    if split is None:
+        split = "test" if "test" in splits else None
+    if split is not None and split not in splits:
+        raise DgnerfError(f"--split {split!r}: the dataset {root} has splits {splits}")
+    return targets_from_dataset(root, cfg, split=split, max_frames=args.max_frames), root
+
+
+def run(args):
+    import json
+
+    from dgnerf.apps.fit import comparison_png, fit_person, save_codes, save_identity, summarize
+    from dgnerf.train.plots import loss_curve_png
+
+    cfg = fit_config(args)
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise DgnerfError(f"--out {args.out!r}: exists and is not a directory")
+    model = load_model(args.checkpoint, args.device)
+    os.makedirs(args.out, exist_ok=True)
+    targets, data_root = _resolve_source(args, model.cfg, args.out)
+    vgg, lpips_vgg = vggs(args, cfg.lambda_perceptual > 0)
+    dev = next(model.parameters()).device
+    if vgg is not None:
+        vgg = vgg.to(dev)
+    if lpips_vgg is not None:
+        lpips_vgg = lpips_vgg.to(dev)
+    results, report = [], {"checkpoint": os.path.abspath(args.checkpoint), "source": args.source, "dataset": data_root,
+                           "config": cfg.__dict__, "persons": {}}
+    interrupted = False
+    for tg in targets:
+        res = fit_person(model, tg, cfg, vgg=vgg, progress=not args.no_progress, metrics_vgg=lpips_vgg)
+        results.append(res)
+        comparison_png(os.path.join(args.out, f"fit_{tg.person}.png"), tg, res)
+        loss_curve_png(os.path.join(args.out, f"loss_{tg.person}.png"),
+                       {"objective": [(s, o) for s, o, _ in res.history], "masked L2": [(s, v) for s, _, v in res.history]},
+                       title=f"fitting {tg.person} (log scale)")
+        save_identity(os.path.join(args.out, f"identity_{tg.person}.safetensors"), res.identity)
+        if res.model is not None:
+            from dgnerf.checkpoint import save_checkpoint
+
+            save_checkpoint(os.path.join(args.out, f"model_finetuned_{tg.person}.safetensors"), res.model,
+                            metadata={"note": f"fine-tuned on {tg.person} by dgnerf fit", "finetune_iters": cfg.finetune_iters})
+        report["persons"][tg.person] = {
+            "frames": len(tg), "frame_index": tg.frame_index, "steps": res.steps_done, "best_step": res.best_step,
+            "interrupted": res.interrupted, "seconds": round(res.seconds, 1),
+            "encoder_only": summarize(res.metrics_init), "fitted": summarize(res.metrics_fit),
+            "per_frame": {"encoder_only": {k: [round(float(x), 5) for x in v] for k, v in res.metrics_init.items()},
+                          "fitted": {k: [round(float(x), 5) for x in v] for k, v in res.metrics_fit.items()}}}
+        a, b = report["persons"][tg.person]["encoder_only"], report["persons"][tg.person]["fitted"]
+        print(f"{tg.person}: {len(tg)} frames, {res.steps_done} steps{' (interrupted)' if res.interrupted else ''}: "
+              f"masked PSNR {a['psnr']:.2f} -> {b['psnr']:.2f} dB, L1 {a['l1']:.4f} -> {b['l1']:.4f}, "
+              f"SSIM {a['ssim']:.3f} -> {b['ssim']:.3f}" + (f", LPIPS {a['lpips']:.3f} -> {b['lpips']:.3f}" if "lpips" in a else ""))
+        if res.interrupted:
+            interrupted = True
+            print("dgnerf fit: interrupted: kept the best codes so far; the remaining persons are not fitted")
+            break
+    report["interrupted"] = interrupted
+    save_codes(os.path.join(args.out, "codes.safetensors"), targets[:len(results)], results,
+               metadata={"checkpoint": os.path.abspath(args.checkpoint), "dataset": data_root})
+    with open(os.path.join(args.out, "metrics.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    print(f"wrote {args.out}/codes.safetensors, identity_*.safetensors, fit_*.png, loss_*.png, metrics.json")
+    return 130 if interrupted else 0
+
+
+def register(sub):
+    p = sub.add_parser("fit", help="fit a person the model never saw (codes + camera) from images, a video or a dataset",
+                       description="Inversion: start from the encoders' identity/expression codes and tracked poses, "
+                                   "optimise an identity offset (shared by the person's frames), per-frame expression "
+                                   "offsets and small pose corrections (masked L2 [+ perceptual], regularisers, "
+                                   "learning-rate decay). Ctrl-C stops and keeps the best codes so far.")
+    p.add_argument("source", metavar="IMAGES_DIR|VIDEO|DATASET[:person]",
+                   help="a dgnerf dataset (all persons of --split, or DATASET:person), or a raw video / image folder "
+                        "(needs the preprocess extra and --expression-basis)")
+    p.add_argument("--checkpoint", required=True, metavar="C", help="head checkpoint")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--split", default=None, help="persons of this split of a dataset (default: test when it has one, else all)")
+    p.add_argument("--expression-basis", metavar="DATASET_OR_FILE",
+                   help="for raw inputs: the training set (or its expression_basis.safetensors) to project expressions into")
+    add_fit_arguments(p)
+    p.set_defaults(func=run)
