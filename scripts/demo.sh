@@ -4,12 +4,5 @@
 # Extra arguments go to `dgnerf demo` (e.g. --minutes 3 --out out2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-  "$PY" -m venv .venv
-fi
-. .venv/bin/activate
-python -m pip install -q --upgrade pip setuptools wheel ninja
-python -c "import torch" 2>/dev/null || python -m pip install -q torch==2.13.0
-python -m pip install -q --no-build-isolation -e ".[train]"
+. scripts/_venv.sh train
 python -m dgnerf demo "$@"

@@ -4,13 +4,6 @@
 # Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-  "$PY" -m venv .venv
-fi
-. .venv/bin/activate
-python -m pip install -q --upgrade pip setuptools wheel ninja
-python -c "import torch" 2>/dev/null || python -m pip install -q torch==2.13.0
-python -m pip install -q --no-build-isolation -e '.[test]'
+. scripts/_venv.sh test
 python -m dgnerf info
 python -m pytest -q tests "$@"

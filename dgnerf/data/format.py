@@ -27,6 +27,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from dgnerf.errors import DgnerfError
+from dgnerf.fileio import atomic_write_bytes
 
 FORMAT_NAME = "dgnerf-dataset"
 FORMAT_VERSION = 1
@@ -122,15 +123,6 @@ def rotation_problem(c2w: np.ndarray, tol: float = ROTATION_TOL) -> str | None:
     if np.abs(m[3] - np.array([0, 0, 0, 1.0])).max() > tol:
         return f"last row of c2w must be [0, 0, 0, 1], got {m[3].tolist()}"
     return None
-
-
-def _atomic_write_bytes(path: str, data: bytes) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def safetensors_bytes(tensors: dict, metadata: dict | None = None) -> bytes:
@@ -345,18 +337,18 @@ class DatasetWriter:
             raise DgnerfError(f"{self.root}: no frames were added; an empty dataset is not written")
         arrays = {k: np.stack(v).astype(np.float32) for k, v in self._arrays.items()}
         if self.arrays_format == "safetensors":
-            _atomic_write_bytes(os.path.join(self.root, ARRAYS_SAFETENSORS), safetensors_bytes(arrays, {"format": FORMAT_NAME}))
+            atomic_write_bytes(os.path.join(self.root, ARRAYS_SAFETENSORS), safetensors_bytes(arrays, {"format": FORMAT_NAME}))
             arrays_name = ARRAYS_SAFETENSORS
         else:
             import io
 
             buf = io.BytesIO()
             np.savez(buf, **arrays)
-            _atomic_write_bytes(os.path.join(self.root, ARRAYS_NPZ), buf.getvalue())
+            atomic_write_bytes(os.path.join(self.root, ARRAYS_NPZ), buf.getvalue())
             arrays_name = ARRAYS_NPZ
         basis_name = None
         if self._basis is not None:
-            _atomic_write_bytes(os.path.join(self.root, EXPRESSION_BASIS), safetensors_bytes(self._basis, self._basis_meta))
+            atomic_write_bytes(os.path.join(self.root, EXPRESSION_BASIS), safetensors_bytes(self._basis, self._basis_meta))
             basis_name = EXPRESSION_BASIS
         manifest = {
             "format": FORMAT_NAME,
@@ -377,7 +369,7 @@ class DatasetWriter:
             "frames": self._frames,
             "meta": self.meta,
         }
-        _atomic_write_bytes(os.path.join(self.root, MANIFEST), (json.dumps(manifest, indent=1) + "\n").encode())
+        atomic_write_bytes(os.path.join(self.root, MANIFEST), (json.dumps(manifest, indent=1) + "\n").encode())
         self._closed = True
         return self.root
 

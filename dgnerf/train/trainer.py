@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as Fn
 
 from dgnerf.errors import DgnerfError
+from dgnerf.fileio import atomic_write_text
 
 CKPT_DIR = "checkpoints"
 
@@ -74,15 +75,6 @@ def _rank_world():
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
-
-
-def _atomic_write_text(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def frame_indices(seed: int, step: int, batch: int, n: int) -> list[int]:
@@ -307,11 +299,11 @@ class Trainer:
                  "model_config": self.model_cfg.to_dict(), "scheduler": {"type": "exponential", "lr": self.cfg.lr,
                                                                          "lr_final": self.cfg.lr_final, "steps": self.cfg.steps},
                  "time": time.time()}
-        _atomic_write_text(os.path.join(tmp, "train_state.json"), json.dumps(state, indent=1))
+        atomic_write_text(os.path.join(tmp, "train_state.json"), json.dumps(state, indent=1))
         if os.path.exists(final):
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _atomic_write_text(os.path.join(self.ckpt_root, "latest"), name + "\n")
+        atomic_write_text(os.path.join(self.ckpt_root, "latest"), name + "\n")
         old = sorted(d for d in os.listdir(self.ckpt_root) if d.startswith("step_"))
         for d in old[:-max(1, self.cfg.keep_checkpoints)]:
             shutil.rmtree(os.path.join(self.ckpt_root, d), ignore_errors=True)
@@ -384,7 +376,7 @@ class Trainer:
                         keep.append(line)
                 except (ValueError, KeyError):
                     continue
-        _atomic_write_text(path, "".join(keep))
+        atomic_write_text(path, "".join(keep))
 
     # ------------------------------------------------------------------ the loop
     def fit(self, resume: bool = False) -> dict:
@@ -404,7 +396,7 @@ class Trainer:
             os.remove(os.path.join(c.out, "metrics.jsonl"))
         self._truncate_metrics(start)
         if self.rank == 0:
-            _atomic_write_text(os.path.join(c.out, "train_config.json"), json.dumps(c.to_dict(), indent=1))
+            atomic_write_text(os.path.join(c.out, "train_config.json"), json.dumps(c.to_dict(), indent=1))
             if c.tensorboard:
                 try:
                     from torch.utils.tensorboard import SummaryWriter
