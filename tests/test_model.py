@@ -28,8 +28,21 @@ def _inputs(cfg, B=2, dtype=torch.float32):
     return z, beta, c2w, K
 
 
+@pytest.fixture(params=["op", "plain"])
+def field_impl(request):
+    """Run the fast path with the fused field op (when built) and with the plain-PyTorch folded field."""
+    from dgnerf.model import fused
+
+    if request.param == "op" and not hasattr(__import__("dgnerf").ops, "field_mlp"):
+        pytest.skip("dgnerf.ops.field_mlp is not available")
+    prev = fused._use_fused
+    fused.use_fused(request.param == "op")
+    yield request.param
+    fused.use_fused(prev)
+
+
 @pytest.mark.parametrize("activation", ["softplus", "relu"])
-def test_fast_equals_reference_values(activation):
+def test_fast_equals_reference_values(activation, field_impl):
     cfg = HeadConfig.tiny(sigma_activation=activation)
     model = _randomize(HeadModel(cfg))
     z, beta, c2w, K = _inputs(cfg)
@@ -42,7 +55,7 @@ def test_fast_equals_reference_values(activation):
         assert rel_err(fast[k], ref[k]) < 1e-5, k
 
 
-def test_fast_equals_reference_gradients():
+def test_fast_equals_reference_gradients(field_impl):
     cfg = HeadConfig.tiny()
     model = _randomize(HeadModel(cfg))
     z, beta, c2w, K = _inputs(cfg)
@@ -67,7 +80,7 @@ def test_fast_equals_reference_gradients():
         assert rel_err(gf[name], gr[name]) < 1e-4, (name, rel_err(gf[name], gr[name]))
 
 
-def test_fast_equals_reference_float64_stratified():
+def test_fast_equals_reference_float64_stratified(field_impl):
     cfg = HeadConfig.tiny(sphere_radius=1.3)
     model = _randomize(HeadModel(cfg)).double()
     z, beta, c2w, K = _inputs(cfg, B=1, dtype=torch.float64)

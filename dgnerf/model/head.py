@@ -207,7 +207,7 @@ class HeadModel(nn.Module):
             elif ert_threshold > 0:
                 sigma, hdir = self._field_ert(x_enc, bias0, bias_skip, dir_bias, deltas, dtype, ert_threshold, ert_chunk)
             else:
-                sigma_raw, hdir = fused.field_hidden(self.field, x_enc, bias0, bias_skip, dir_bias, dtype)
+                sigma_raw, hdir = fused.field_hidden(self.field, x_enc, d_enc, bias0, bias_skip, dir_bias, dtype)
                 sigma = self.density(sigma_raw.to(deltas.dtype))
             hdir = hdir.to(deltas.dtype)
         with _stage("integration", timings, dev):
