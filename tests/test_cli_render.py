@@ -28,8 +28,11 @@ def test_render_png_from_code_files(tmp_path, tiny_ckpt):
     (tmp_path / "ex.txt").write_text(" ".join(str(v) for v in np.random.randn(46)))
     out = tmp_path / "x.png"
     rc = main(["render", "--checkpoint", tiny_ckpt, "--identity", str(tmp_path / "id.npy"),
-               "--expression", str(tmp_path / "ex.txt"), "--yaw", "20", "--pitch", "-5", "--out", str(out)])
+               "--expression", str(tmp_path / "ex.txt"), "--yaw", "20", "--pitch", "-5", "--out", str(out),
+               "--opacity-out", str(tmp_path / "op.png")])
     assert rc == 0
+    op = np.asarray(Image.open(tmp_path / "op.png"))
+    assert op.shape == (32, 32) and op.max() > 200 and op.min() < 50  # the head prior's silhouette
     img = np.asarray(Image.open(out))
     assert img.shape == (32, 32, 3) and img.std() > 0
 

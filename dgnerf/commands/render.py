@@ -127,8 +127,8 @@ def codes(args, model):
     return z, beta
 
 
-def render_frames(model, device, z, beta, yaws, pitches, rolls, args, progress=False):
-    """Render one frame per camera -> list of HxWx3 uint8 arrays."""
+def render_frames(model, device, z, beta, yaws, pitches, rolls, args, progress=False, aux=None):
+    """Render one frame per camera -> list of HxWx3 uint8 arrays (aux: a list that receives the outputs' opacity maps)."""
     import torch
 
     from dgnerf.camera import orbit_c2w
@@ -149,7 +149,10 @@ def render_frames(model, device, z, beta, yaws, pitches, rolls, args, progress=F
     with torch.no_grad():
         for yaw, pitch, roll in items:
             c2w = orbit_c2w(float(yaw), float(pitch), float(roll), dist, device=device)
-            img = model(z, beta, c2w, path=args.path, **flags)["image"][0]
+            out = model(z, beta, c2w, path=args.path, **flags)
+            img = out["image"][0]
+            if aux is not None:
+                aux.append(out["opacity"][0].cpu())
             frames.append((img.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy())
     return frames
 
@@ -168,9 +171,16 @@ def run_render(args):
     _check_out(args.out, (".png", ".jpg", ".jpeg"))
     model, device = build_model(args)
     z, beta = codes(args, model)
-    frame = render_frames(model, device, z, beta, [args.yaw], [args.pitch], [args.roll], args)[0]
+    if args.opacity_out:
+        _check_out(args.opacity_out, (".png",))
+    aux = []
+    frame = render_frames(model, device, z, beta, [args.yaw], [args.pitch], [args.roll], args, aux=aux)[0]
     Image.fromarray(frame).save(args.out)
     print(f"wrote {args.out} ({frame.shape[1]}x{frame.shape[0]})")
+    if args.opacity_out:
+        op = (aux[0].clamp(0, 1) * 255).round().to(dtype=__import__("torch").uint8).numpy()
+        Image.fromarray(op).resize((frame.shape[1], frame.shape[0]), Image.NEAREST).save(args.opacity_out)
+        print(f"wrote {args.opacity_out} (opacity of the feature map, upscaled)")
     return 0
 
 
@@ -188,6 +198,7 @@ def register(sub):
                                    "seen from a camera orbiting the head (yaw/pitch/roll in degrees).")
     add_model_args(p)
     p.add_argument("--out", required=True, help="output image (.png)")
+    p.add_argument("--opacity-out", metavar="PNG", help="also write the feature map's opacity (the head's silhouette)")
     p.set_defaults(func=run_render)
 
     q = sub.add_parser("init-checkpoint", help="write a randomly initialised head checkpoint (default config)",
