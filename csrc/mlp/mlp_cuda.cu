@@ -188,7 +188,10 @@ __device__ __forceinline__ void run_layer(const Params& p, const LayerDesc& L, T
           }
           float rv[2];
 #pragma unroll
-          for (int e = 0; e < 2; ++e) rv[e] = (n + e < L.n_real) ? fmaxf(v[e], 0.f) : 0.f;
+          for (int e = 0; e < 2; ++e) {
+            // ReLU that lets NaN through (fmaxf would turn it into 0: a silent NaN); padding columns are 0.
+            rv[e] = (n + e < L.n_real) ? (v[e] <= 0.f ? 0.f : v[e]) : 0.f;
+          }
           if (n < L.dst_cols) {  // dst_cols is even: the pair lies inside the region
             *reinterpret_cast<uint32_t*>(smem + L.dst + r * L.ld_dst + n) = Mma<T>::pack(rv[0], rv[1]);
           }
