@@ -299,7 +299,7 @@ def fit_person(model, target: FitTarget, cfg: FitConfig | None = None, vgg=None,
                    + cfg.reg_rotation * rot.pow(2).sum(-1).mean() + cfg.reg_translation * trans.pow(2).sum(-1).mean())
             if grad:
                 reg.backward()
-            total, total_l2 = float(reg), 0.0
+            total, total_l2 = float(reg.detach()), 0.0
             for i in range(0, N, cfg.batch):
                 sl = slice(i, i + cfg.batch)
                 n = img[sl].shape[0]
@@ -312,8 +312,8 @@ def fit_person(model, target: FitTarget, cfg: FitConfig | None = None, vgg=None,
                     data = data + cfg.lambda_perceptual * perceptual_loss(vgg, comp, img[sl]) * n / N
                 if grad:
                     data.backward()
-                total += float(data)
-                total_l2 += float(l2.sum()) / N
+                total += float(data.detach())
+                total_l2 += float(l2.detach().sum()) / N
         return total, total_l2
 
     def snapshot():
@@ -331,9 +331,10 @@ def fit_person(model, target: FitTarget, cfg: FitConfig | None = None, vgg=None,
 
     history, best, best_obj, best_step, step, interrupted = [], snapshot(), math.inf, 0, 0, False
     was_training = model.training
+    flags = [p.requires_grad for p in model.parameters()]
     model.eval()
     net = model
-    for p in model.parameters():
+    for p in model.parameters():  # gradients only to the codes and cameras (the weights stay out of the graph)
         p.requires_grad_(False)
     bar = tqdm(total=cfg.iters + cfg.finetune_iters, desc=f"fitting {target.person}", unit="it", disable=not progress,
                leave=False)
@@ -388,15 +389,12 @@ def fit_person(model, target: FitTarget, cfg: FitConfig | None = None, vgg=None,
             restore(best)
     finally:
         bar.close()
-        for p in model.parameters():
-            p.requires_grad_(True)
-        model.train(was_training)
-    net.eval()
-    for p in net.parameters():
-        p.requires_grad_(False)
+        for p, f in zip(model.parameters(), flags):
+            p.requires_grad_(f)
     with torch.no_grad():
         z, beta, c2w = (t.detach() for t in params())
         render_fit = render(net, z.expand(N, -1), beta, c2w, K, cfg.batch, cfg.path)
+    model.train(was_training)
     metrics_fit = image_metrics(render_fit, img, msk, metrics_vgg)
     return FitResult(person=target.person, identity=z.cpu(), expression=beta.cpu(), c2w=c2w.cpu(), intrinsics=K.cpu(),
                      identity_init=z0.cpu(), render_init=render_init.cpu(), render_fit=render_fit.cpu(),
@@ -412,12 +410,12 @@ def fit_person(model, target: FitTarget, cfg: FitConfig | None = None, vgg=None,
 
 
 def comparison_png(path: str, target: FitTarget, res: FitResult, max_cols: int = 8, scale: int | None = None) -> str:
-    """Rows: input, encoder-only render, fitted render, |fitted - input| in the mask (x4)."""
+    """Rows: input, encoder-only render, fitted render, mean |fitted - input| inside the mask (x4, grey)."""
     from dgnerf.train.plots import grid, save_png, to_uint8
 
     N = len(target)
     pick = [int(i) for i in torch.linspace(0, N - 1, min(N, max_cols)).round()]
-    err = ((res.render_fit - target.image).abs() * target.mask * 4).clamp(0, 1)
+    err = ((res.render_fit - target.image).abs().mean(1, keepdim=True) * target.mask * 4).clamp(0, 1).expand(-1, 3, -1, -1)
     rows = [target.image, res.render_init, res.render_fit, err]
     tiles = [to_uint8(r[i]) for r in rows for i in pick]
     s = scale if scale is not None else max(1, 128 // target.image.shape[-1])

@@ -1,0 +1,191 @@
+"""Applications: fitting unseen people (inversion), Ctrl-C keeps the best codes, driving, interpolation, eval
+tables, and one-line errors for bad input. A tiny model trained for a few steps on the tiny built-in set."""
+import json
+import os
+
+import pytest
+import torch
+
+from dgnerf.cli import main
+
+TINY_MODEL = {"feature_size": 8, "image_size": 32, "renderer_channels": [16, 8], "mlp_depth": 4, "mlp_width": 32,
+              "skip_layer": 2, "dir_width": 16, "feature_dim": 24, "n_samples": 12, "pos_freqs": 4, "dir_freqs": 2}
+
+
+@pytest.fixture(scope="module")
+def tiny_set(tmp_path_factory):
+    from dgnerf.data.synthetic import build_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("apps_data") / "tiny"
+    build_synthetic_dataset(root, size="tiny", seed=3)
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tiny_set, tmp_path_factory):
+    """A tiny model trained a few steps on the training people of the tiny set (p0003 is held out)."""
+    from dgnerf.train import TrainConfig, Trainer
+
+    out = tmp_path_factory.mktemp("apps_run")
+    cfg = TrainConfig(data=tiny_set, out=str(out), model=dict(TINY_MODEL), batch_size=3, steps=12, lr=3e-3,
+                      lr_final=1e-3, lambda_perceptual=0.0, checkpoint_every=1000, sample_every=1000, log_every=100,
+                      progress=False, tensorboard=False, seed=1)
+    res = Trainer(cfg).fit()
+    return os.path.join(res["checkpoint"], "model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def model(tiny_ckpt):
+    from dgnerf.checkpoint import load_checkpoint
+
+    return load_checkpoint(tiny_ckpt)
+
+
+@pytest.fixture(scope="module")
+def heldout(tiny_set, model):
+    from dgnerf.apps.fit import targets_from_dataset
+
+    targets = targets_from_dataset(tiny_set, model.cfg, split="test")
+    assert [t.person for t in targets] == ["p0003"]
+    return targets[0]
+
+
+def test_pose_correction_is_rigid_and_zero_is_identity():
+    from dgnerf.apps.fit import corrected_c2w
+    from dgnerf.camera import orbit_c2w
+
+    c2w = orbit_c2w([10.0, -20.0], [5.0, 0.0], 0.0, 4.0)
+    assert torch.allclose(corrected_c2w(c2w, torch.zeros(2, 3), torch.zeros(2, 3)), c2w, atol=1e-6)
+    out = corrected_c2w(c2w, torch.randn(2, 3) * 0.1, torch.randn(2, 3) * 0.1)
+    R = out[:, :3, :3]
+    assert torch.allclose(R.transpose(1, 2) @ R, torch.eye(3).expand(2, 3, 3), atol=1e-5)
+    assert torch.allclose(torch.linalg.det(R), torch.ones(2), atol=1e-5)
+
+
+def test_fitting_reduces_the_masked_loss_on_a_heldout_person(model, heldout):
+    from dgnerf.apps.fit import FitConfig, fit_person
+
+    res = fit_person(model, heldout, FitConfig(iters=12, lr_identity=1e-2, lr_expression=3e-2), progress=False)
+    objs = [o for _, o, _ in res.history]
+    assert len(res.history) == 13 and not res.interrupted
+    assert min(objs) < objs[0]
+    mse = lambda m: float((10 ** (-m["psnr"] / 10)).mean())  # noqa: E731
+    assert mse(res.metrics_fit) < 0.97 * mse(res.metrics_init)
+    assert float(res.metrics_fit["l1"].mean()) < float(res.metrics_init["l1"].mean())
+    assert res.identity.shape == (1, model.cfg.z_id_dim) and res.expression.shape == (3, model.cfg.beta_dim)
+    R = res.c2w[:, :3, :3]
+    assert torch.allclose(R.transpose(1, 2) @ R, torch.eye(3).expand(3, 3, 3), atol=1e-4)
+    # the model itself is untouched and still trainable
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_interrupt_keeps_the_best_codes(model, heldout):
+    from dgnerf.apps.fit import FitConfig, fit_person
+
+    def stop(step, obj):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    res = fit_person(model, heldout, FitConfig(iters=50, lr_identity=1e-2, lr_expression=3e-2), progress=False,
+                     callback=stop)
+    assert res.interrupted and res.steps_done == 3 and len(res.history) == 4
+    best = min(range(4), key=lambda i: res.history[i][1])
+    assert res.best_step == best
+    # the returned codes are those whose objective was the best: their masked L2 is the one recorded then
+    mse = float((10 ** (-res.metrics_fit["psnr"] / 10)).mean())
+    assert mse == pytest.approx(res.history[best][2], rel=1e-3)
+
+
+def test_fit_command_writes_codes_renders_metrics(tiny_set, tiny_ckpt, tmp_path):
+    out = tmp_path / "fit"
+    assert main(["fit", tiny_set, "--checkpoint", tiny_ckpt, "--out", str(out), "--iters", "3", "--no-lpips",
+                 "--no-progress"]) == 0
+    for name in ("codes.safetensors", "identity_p0003.safetensors", "fit_p0003.png", "loss_p0003.png", "metrics.json"):
+        assert (out / name).is_file(), name
+    rep = json.loads((out / "metrics.json").read_text())
+    assert set(rep["persons"]["p0003"]["fitted"]) == {"l1", "psnr", "ssim"}
+    from safetensors.torch import load_file
+
+    t = load_file(str(out / "codes.safetensors"))
+    assert t["identity"].shape == (1, 512) and t["expression"].shape[0] == t["c2w"].shape[0] == 3
+    # the identity file is a code `dgnerf render --identity` reads
+    from dgnerf.commands.render import load_code
+
+    assert load_code(str(out / "identity_p0003.safetensors"), 512, "identity").shape == (1, 512)
+
+
+def test_fit_command_ctrl_c_writes_the_best_codes(tiny_set, tiny_ckpt, tmp_path, monkeypatch):
+    import dgnerf.apps.fit as fit_mod
+
+    real = fit_mod._lr_factor
+
+    def interrupting(cfg, step, total):
+        if step == 2:
+            raise KeyboardInterrupt
+        return real(cfg, step, total)
+
+    monkeypatch.setattr(fit_mod, "_lr_factor", interrupting)
+    out = tmp_path / "fit"
+    rc = main(["fit", f"{tiny_set}:p0001", "--checkpoint", tiny_ckpt, "--out", str(out), "--iters", "10", "--no-lpips",
+               "--no-progress"])
+    assert rc == 130
+    rep = json.loads((out / "metrics.json").read_text())
+    assert rep["interrupted"] and rep["persons"]["p0001"]["steps"] == 2
+    assert (out / "codes.safetensors").is_file() and (out / "identity_p0001.safetensors").is_file()
+
+
+def test_drive_writes_one_frame_per_driver_frame(tiny_set, tiny_ckpt, tmp_path):
+    import imageio.v2 as imageio
+
+    out = tmp_path / "drive.mp4"
+    assert main(["drive", "--target", f"{tiny_set}:p0000", "--driver", f"{tiny_set}:p0003", "--checkpoint", tiny_ckpt,
+                 "--out", str(out), "--scale", "2", "--no-progress"]) == 0
+    path = out if out.exists() else out.with_suffix(".gif")
+    reader = imageio.get_reader(str(path), format="FFMPEG" if path.suffix == ".mp4" else None)
+    frames = [f for f in reader]  # not list(reader): its length hint is inf for MP4s
+    assert len(frames) == 3  # p0003 has 3 frames
+    assert frames[0].shape[:2] == (64, 64 + 4 + 64)  # driver | 2 px gap | result, each 32 px scaled by 2
+
+
+def test_interp_and_eval_write_pictures_and_tables(tiny_set, tiny_ckpt, tmp_path):
+    png = tmp_path / "grid.png"
+    assert main(["interp", "--checkpoint", tiny_ckpt, "--dataset", tiny_set, "--person-a", "p0000", "--person-b", "p0001",
+                 "--out", str(png), "--steps", "3", "--yaws", "0"]) == 0
+    from PIL import Image
+
+    assert Image.open(png).size[0] > 3 * 32
+    out = tmp_path / "eval"
+    assert main(["eval", "--checkpoint", tiny_ckpt, "--dataset", tiny_set, "--out", str(out), "--iters", "3",
+                 "--no-lpips", "--no-progress"]) == 0
+    table = (out / "table2.md").read_text()
+    assert "| encoder-only initialisation (no fitting) |" in table and "| fitted (dgnerf fit) |" in table
+    assert "| p0003 | 3 | fitted |" in table
+    rep = json.loads((out / "metrics.json").read_text())
+    assert rep["frames"] == 3 and set(rep["overall"]["fitted"]) == {"l1", "psnr", "ssim"}
+    assert (out / "eval_overview.png").is_file() and (out / "eval_p0003.png").is_file()
+
+
+@pytest.mark.parametrize("argv,expect", [
+    (["fit", "{root}/nope", "--out", "{tmp}/o"], "no such file or directory"),
+    (["fit", "{root}:nobody", "--out", "{tmp}/o"], "no person ['nobody']"),
+    (["fit", "{root}", "--out", "{tmp}/o", "--iters", "-1"], "--iters: expected an integer >= 0"),
+    (["fit", "{root}", "--out", "{tmp}/o", "--split", "val"], "--split 'val'"),
+    (["fit", "{tmp}/clip.mp4", "--out", "{tmp}/o"], "raw video/image folder"),
+    (["drive", "--target", "{root}:p0000", "--driver", "{root}:p0003", "--out", "{tmp}/d.txt"], "--out: expected a file ending in .mp4 or .gif"),
+    (["drive", "--target", "{root}", "--driver", "{root}:p0003", "--out", "{tmp}/d.mp4"], "pick one with DATASET:PERSON"),
+    (["drive", "--target", "{tmp}/bad.txt", "--driver", "{root}:p0003", "--out", "{tmp}/d.mp4"], "holds 3 numbers, expected 512"),
+    (["drive", "--target", "{root}:p0000", "--driver", "{root}", "--out", "{tmp}/d.mp4"], "pick one with DATASET:PERSON"),
+    (["interp", "--dataset", "{root}", "--person-a", "p0000", "--person-b", "zz", "--out", "{tmp}/g.png"], "person 'zz' is not in"),
+    (["eval", "--dataset", "{root}", "--out", "{tmp}/e", "--split", "val"], "--split 'val'"),
+    (["eval", "--dataset", "{tmp}", "--out", "{tmp}/e"], "not a dgnerf dataset"),
+])
+def test_bad_inputs_give_one_line_errors(tiny_set, tiny_ckpt, tmp_path, capsys, argv, expect):
+    (tmp_path / "clip.mp4").write_bytes(b"not a video")
+    (tmp_path / "bad.txt").write_text("1 2 3")
+    args = [a.format(root=tiny_set, tmp=tmp_path) for a in argv] + ["--checkpoint", tiny_ckpt]
+    if args[0] in ("fit", "eval"):
+        args.append("--no-progress")
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert expect in err, err
