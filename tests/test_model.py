@@ -96,7 +96,7 @@ def test_fast_equals_reference_float64_stratified(field_impl):
     (dict(skip_stride=3, skip_eps=1e-4, ert_threshold=1e-3), 35.0),
     (dict(precision="bf16"), 35.0),
 ])
-def test_approximate_flags_close(flags, min_db):
+def test_approximate_flags_close(flags, min_db, field_impl):
     cfg = HeadConfig.tiny()
     model = _randomize(HeadModel(cfg))
     z, beta, c2w, K = _inputs(cfg)
@@ -106,7 +106,7 @@ def test_approximate_flags_close(flags, min_db):
     assert psnr(approx["image"], exact["image"]) >= min_db
 
 
-def test_ert_equals_integration_threshold():
+def test_ert_equals_integration_threshold(field_impl):
     # Chunked early termination evaluates fewer samples but gives the same result as cutting the full field.
     cfg = HeadConfig.tiny()
     model = _randomize(HeadModel(cfg), scale=3.0)
@@ -116,7 +116,7 @@ def test_ert_equals_integration_threshold():
     assert rel_err(chunked["feature_map"], full["feature_map"]) < 1e-5
 
 
-def test_approximate_paths_have_gradients():
+def test_approximate_paths_have_gradients(field_impl):
     cfg = HeadConfig.tiny()
     model = _randomize(HeadModel(cfg))
     z, beta, c2w, K = _inputs(cfg)

@@ -202,10 +202,11 @@ class HeadModel(nn.Module):
             cond = torch.cat([z_id, beta], dim=-1)
             bias0, bias_skip, dir_bias = self.field.fold(cond, d_enc)
             if skip_stride > 0:
-                sigma, hdir = self._field_skip(x_enc, bias0, bias_skip, dir_bias, deltas, dtype, skip_stride,
+                sigma, hdir = self._field_skip(x_enc, d_enc, bias0, bias_skip, dir_bias, deltas, dtype, skip_stride,
                                                skip_eps, ert_threshold)
             elif ert_threshold > 0:
-                sigma, hdir = self._field_ert(x_enc, bias0, bias_skip, dir_bias, deltas, dtype, ert_threshold, ert_chunk)
+                sigma, hdir = self._field_ert(x_enc, d_enc, bias0, bias_skip, dir_bias, deltas, dtype, ert_threshold,
+                                              ert_chunk)
             else:
                 sigma_raw, hdir = fused.field_hidden(self.field, x_enc, d_enc, bias0, bias_skip, dir_bias, dtype)
                 sigma = self.density(sigma_raw.to(deltas.dtype))
@@ -217,17 +218,17 @@ class HeadModel(nn.Module):
             feat = Fn.linear(hsum, out.weight) + opacity[..., None] * out.bias + (1 - opacity)[..., None] * self.background
         return feat, opacity, depth
 
-    def _rows(self, x_rows, b, bias0, bias_skip, dir_rows, weights, dtype, base, samples_per_ray=0):
+    def _rows(self, x_rows, d_rows, b, bias0, bias_skip, dir_rows, cache, dtype, base, samples_per_ray=0):
         """Evaluate rows of image b -> (sigma [N] in base dtype after the activation, hdir [N, dw] in base dtype)."""
-        sig, hd = fused.rows_chunked(self.field, x_rows, bias0[b], None if bias_skip is None else bias_skip[b],
-                                     dir_rows, weights, dtype, samples_per_ray)
+        sig, hd = fused.rows(self.field, x_rows, d_rows, bias0[b], None if bias_skip is None else bias_skip[b],
+                             dir_rows, dtype, samples_per_ray, cache)
         return self.density(sig.to(base)), hd.to(base)
 
-    def _field_ert(self, x_enc, bias0, bias_skip, dir_bias, deltas, dtype, threshold, chunk):
+    def _field_ert(self, x_enc, d_enc, bias0, bias_skip, dir_bias, deltas, dtype, threshold, chunk):
         """Chunked march: a ray stops once T < threshold (same result as integrating with that threshold)."""
         B, R, S = deltas.shape
         dev, base = x_enc.device, deltas.dtype
-        weights = self.field.folded_weights(None if dtype == torch.float32 else dtype)
+        cache = {}
         dw = self.cfg.dir_width
         log_t = torch.zeros(B, R, device=dev, dtype=base)
         active = torch.ones(B, R, dtype=torch.bool, device=dev)
@@ -242,8 +243,8 @@ class HeadModel(nn.Module):
                 r = active[b].nonzero()[:, 0]
                 if r.numel() == 0:
                     continue
-                s, hd = self._rows(x_enc[b, r, c0:c1].reshape(-1, x_enc.shape[-1]), b, bias0, bias_skip, dir_bias[b, r],
-                                   weights, dtype, base, samples_per_ray=k)
+                s, hd = self._rows(x_enc[b, r, c0:c1].reshape(-1, x_enc.shape[-1]), d_enc[b, r], b, bias0, bias_skip,
+                                   dir_bias[b, r], cache, dtype, base, samples_per_ray=k)
                 s = s.view(-1, k)
                 sig_c = sig_c.index_put((torch.full_like(r, b), r), s)
                 hdir_c = hdir_c.index_put((torch.full_like(r, b), r), hd.view(-1, k, dw))
@@ -255,17 +256,17 @@ class HeadModel(nn.Module):
             hdir_chunks.append(hdir_c)
         return torch.cat(sig_chunks, dim=-1), torch.cat(hdir_chunks, dim=-2)
 
-    def _field_skip(self, x_enc, bias0, bias_skip, dir_bias, deltas, dtype, k, eps, ert_threshold):
+    def _field_skip(self, x_enc, d_enc, bias0, bias_skip, dir_bias, deltas, dtype, k, eps, ert_threshold):
         """Empty-space skipping: density pass at every k-th sample, then the MLP only where occupied."""
         B, R, S = deltas.shape
         dev, base, P, dw = x_enc.device, deltas.dtype, x_enc.shape[-1], self.cfg.dir_width
-        weights = self.field.folded_weights(None if dtype == torch.float32 else dtype)
+        cache = {}
         ci = torch.arange(k // 2, S, k, device=dev)
         Sc = ci.numel()
         sig_c, hdir_c = [], []
         for b in range(B):
-            s, hd = self._rows(x_enc[b][:, ci].reshape(-1, P), b, bias0, bias_skip, dir_bias[b], weights, dtype, base,
-                               samples_per_ray=Sc)
+            s, hd = self._rows(x_enc[b][:, ci].reshape(-1, P), d_enc[b], b, bias0, bias_skip, dir_bias[b], cache, dtype,
+                               base, samples_per_ray=Sc)
             sig_c.append(s.view(R, Sc))
             hdir_c.append(hd.view(R, Sc, dw))
         sig_c, hdir_c = torch.stack(sig_c), torch.stack(hdir_c)
@@ -287,7 +288,7 @@ class HeadModel(nn.Module):
             r, s_idx = keep[b].nonzero(as_tuple=True)
             if r.numel() == 0:
                 continue
-            s, hd = self._rows(x_enc[b, r, s_idx], b, bias0, bias_skip, dir_bias[b, r], weights, dtype, base)
+            s, hd = self._rows(x_enc[b, r, s_idx], d_enc[b, r], b, bias0, bias_skip, dir_bias[b, r], cache, dtype, base)
             bb = torch.full_like(r, b)
             sigma = sigma.index_put((bb, r, s_idx), s)
             hdir = hdir.index_put((bb, r, s_idx), hd)
