@@ -3,6 +3,8 @@
 // operands in bf16 mode); the CUDA backend uses the same code with whole-batch GEMMs for its exact
 // (float32) mode and for every backward pass. Formulas and layouts: csrc/include/dgnerf/mlp.h.
 #include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -22,18 +24,66 @@ at::Tensor to_compute(const at::Tensor& t, at::ScalarType ct) {
   return t.detach().to(ct).contiguous();
 }
 
-// out = in @ wt + cond[image of each row] for rows [r0, r1): one image -> addmm with its bias row;
-// whole images -> one GEMM and a broadcast add per image.
-void image_bias_mm(const at::Tensor& out, const at::Tensor& in, const at::Tensor& wt, const at::Tensor& cond,
-                   int64_t r0, int64_t r1, int64_t P) {
+// out += bias (one row, broadcast over the rows of a contiguous tile) and ReLU, in one pass over the
+// tile while it is in cache (ATen's addmm would first copy the broadcast bias into out: a strided pass
+// that cost ~12% of the CPU forward). ReLU keeps NaN (a NaN input must not turn into a silent 0).
+void bias_act_cpu(const at::Tensor& out, const at::Tensor& bias_row, bool relu) {
+  const int64_t T = out.size(0), C = out.size(1);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, out.scalar_type(), "field_mlp_bias_act", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    scalar_t* o = out.data_ptr<scalar_t>();
+    const scalar_t* b = bias_row.data_ptr<scalar_t>();
+    for (int64_t r = 0; r < T; ++r) {
+      scalar_t* orow = o + r * C;
+      for (int64_t c = 0; c < C; ++c) {
+        acc_t v = static_cast<acc_t>(orow[c]) + static_cast<acc_t>(b[c]);
+        if (relu) v = v <= acc_t(0) ? acc_t(0) : v;
+        orow[c] = static_cast<scalar_t>(v);
+      }
+    }
+  });
+}
+
+// dst (float32 tile) = src (bf16/fp16 tile) + bias: the output layer's epilogue and the dtype conversion
+// in one pass.
+void bias_convert_cpu(const at::Tensor& dst, const at::Tensor& src, const at::Tensor& bias_row) {
+  const int64_t T = src.size(0), C = src.size(1);
+  AT_DISPATCH_REDUCED_FLOATING_TYPES(src.scalar_type(), "field_mlp_bias_convert", [&] {
+    const scalar_t* s = src.data_ptr<scalar_t>();
+    const scalar_t* b = bias_row.data_ptr<scalar_t>();
+    float* d = dst.data_ptr<float>();
+    for (int64_t r = 0; r < T; ++r) {
+      for (int64_t c = 0; c < C; ++c) d[r * C + c] = static_cast<float>(s[r * C + c]) + static_cast<float>(b[c]);
+    }
+  });
+}
+
+// One layer on the rows [r0, r1): out = act(in @ wt [+ in2 @ wt2] + bias), where bias is a [C] vector or,
+// with per_image, the per-image rows cond [B, C] (folded conditioning). A range inside one image uses
+// that image's row; a range of whole images (the CUDA exact path) one GEMM and a broadcast add.
+void layer_rows(const at::Tensor& out, const at::Tensor& in, const at::Tensor& wt, const at::Tensor& in2,
+                const at::Tensor& wt2, const at::Tensor& bias, bool per_image, int64_t r0, int64_t r1, int64_t P,
+                bool relu) {
+  at::Tensor o = out;
   const int64_t b0 = r0 / P, b1 = (r1 - 1) / P;
-  if (b0 == b1) {
-    at::addmm_out(const_cast<at::Tensor&>(out), cond.select(0, b0), in, wt);
-  } else {
+  if (per_image && b0 != b1) {
     TORCH_INTERNAL_ASSERT(r0 % P == 0 && r1 % P == 0, "field_mlp: row range must be inside one image or whole images");
-    at::mm_out(const_cast<at::Tensor&>(out), in, wt);
+    at::mm_out(o, in, wt);
+    if (in2.defined()) o.addmm_(in2, wt2);
     const int64_t nb = b1 - b0 + 1;
-    out.view({nb, P, out.size(1)}).add_(cond.narrow(0, b0, nb).unsqueeze(1));
+    o.view({nb, P, o.size(1)}).add_(bias.narrow(0, b0, nb).unsqueeze(1));
+    if (relu) o.relu_();
+    return;
+  }
+  const at::Tensor brow = per_image ? bias.select(0, b0) : bias;
+  if (o.device().is_cpu() && o.is_contiguous() && brow.is_contiguous()) {
+    at::mm_out(o, in, wt);
+    if (in2.defined()) o.addmm_(in2, wt2);
+    bias_act_cpu(o, brow, relu);
+  } else {
+    at::addmm_out(o, brow, in, wt);
+    if (in2.defined()) o.addmm_(in2, wt2);
+    if (relu) o.relu_();
   }
 }
 
@@ -124,18 +174,16 @@ void mlp_forward_rows(const MlpDims& m, const MlpWeights& w, int64_t r0, int64_t
     if (acts.defined()) return acts.narrow(0, l * N * W + r0 * W, T * W).view({T, W});
     return scratch(work, l % 2, T, W, opt);
   };
+  const at::Tensor none;
   at::Tensor h = layer_out(0);
-  image_bias_mm(h, x, w.w0x.t(), w.cond0, r0, r1, m.P);
-  h.relu_();
+  layer_rows(h, x, w.w0x.t(), none, none, w.cond0, true, r0, r1, m.P, true);
   for (int64_t l = 1; l < m.D; ++l) {
     at::Tensor nh = layer_out(l);
     if (l == m.skip) {
-      image_bias_mm(nh, x, w.skip_wx.t(), w.cond_skip, r0, r1, m.P);
-      nh.addmm_(h, w.hidden_w[l - 1].t());
+      layer_rows(nh, h, w.hidden_w[l - 1].t(), x, w.skip_wx.t(), w.cond_skip, true, r0, r1, m.P, true);
     } else {
-      at::addmm_out(nh, w.hidden_b[l - 1], h, w.hidden_w[l - 1].t());
+      layer_rows(nh, h, w.hidden_w[l - 1].t(), none, none, w.hidden_b[l - 1], false, r0, r1, m.P, true);
     }
-    nh.relu_();
     h = nh;
   }
   const bool same = sigma.scalar_type() == opt.dtype().toScalarType();
@@ -150,17 +198,20 @@ void mlp_forward_rows(const MlpDims& m, const MlpWeights& w, int64_t r0, int64_t
   } else {
     hdir = scratch(work, 3, T, m.Wd, opt);
   }
-  at::addmm_out(hdir, w.dir_b, h, w.dir_wh.t());
-  hdir.addmm_(w.d.narrow(0, r0, T), w.dir_wd.t());
-  hdir.relu_();
+  layer_rows(hdir, h, w.dir_wh.t(), w.d.narrow(0, r0, T), w.dir_wd.t(), w.dir_b, false, r0, r1, m.P, true);
   at::Tensor o = out.narrow(0, r0, T);
   if (m.feature) {
     if (same) {
-      at::addmm_out(o, w.out_b, hdir, w.out_w.t());
+      layer_rows(o, hdir, w.out_w.t(), none, none, w.out_b, false, r0, r1, m.P, false);
     } else {
       at::Tensor f = scratch(work, 4, T, m.F, opt);
-      at::addmm_out(f, w.out_b, hdir, w.out_w.t());
-      o.copy_(f);
+      if (o.device().is_cpu() && o.scalar_type() == at::kFloat && o.is_contiguous()) {
+        at::mm_out(f, hdir, w.out_w.t());
+        bias_convert_cpu(o, f, w.out_b);
+      } else {
+        layer_rows(f, hdir, w.out_w.t(), none, none, w.out_b, false, r0, r1, m.P, false);
+        o.copy_(f);
+      }
     }
   } else if (!o.is_same(hdir)) {
     o.copy_(hdir);
