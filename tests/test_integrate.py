@@ -175,3 +175,9 @@ def test_cuda_graph_capture():
         assert rel_err(out[0], expect[0]) <= 1e-5
     finally:
         dgnerf.ops.set_checks(True)
+
+
+def test_wrong_device_named():
+    s, f, t, d, b = make_inputs(6, 5, 4)
+    with pytest.raises(ValueError, match="'depths' expected device cpu"):
+        dgnerf.ops.integrate_features(s, f, t.to("meta"), d, b)

@@ -148,3 +148,9 @@ def test_cuda_matches_reference(stratified):
     slow = ref.sample_rays_reference(c2w.double(), K.double(), *args)
     for a, b in zip(fast, slow):
         assert rel_err(a, b) <= 1e-5
+
+
+def test_wrong_device_named():
+    c2w, K = random_cameras(1)
+    with pytest.raises(ValueError, match="'intrinsics' expected device cpu"):
+        dgnerf.ops.sample_rays(c2w, K.to("meta"), 4, 4, 8, 2.0, 6.0)
