@@ -34,6 +34,7 @@ def unfolded_flops(c, n):
 
 def build(device, dtype=torch.float32, B=1, n=N_POINTS):
     c = CFG
+    torch.manual_seed(0)  # the same weights and inputs every run (errors comparable across runs)
     P = n // B
     u = c["Dx"] + c["Z"] + c["E"]
     ins = [u] + [c["W"]] * (c["D"] - 1)
@@ -69,12 +70,18 @@ def test_bench_field_mlp_cpu():
             ms = {p: time_ms(fn, "cpu", warmup=1, iters=3) for p, fn in fused.items()}
             ref_ms = min(ref_ms, time_ms(twin, "cpu", warmup=0, iters=3))
             shape = {"points": N_POINTS, **c}
+            # Context for the bf16 errors: plain PyTorch (the twin) in bf16 on the same function.
+            lo = lambda t: t.bfloat16()  # noqa: E731
+            s_tb, f_tb = field_mlp_reference(lo(x), lo(d), lo(z), lo(beta), [lo(t) for t in lw], [lo(t) for t in lb],
+                                             *[lo(t) for t in rest], skip=c["skip"])
             for p, fn in fused.items():
                 s, f = fn()
+                more = {} if p == "fp32" else dict(rel_err_feature_torch_bf16=round(rel(f_tb, f_ref), 7),
+                                                   rel_err_sigma_torch_bf16=round(rel(s_tb, s_ref), 7))
                 record("field_mlp fwd", "cpu", torch.float32 if p == "fp32" else torch.bfloat16, shape, ref_ms, ms[p],
                        rel_err_feature=round(rel(f, f_ref), 7), rel_err_sigma=round(rel(s, s_ref), 7),
                        gflops_fused=round(folded_flops(c, N_POINTS) / ms[p] / 1e6, 1),
-                       gflops_twin=round(unfolded_flops(c, N_POINTS) / ref_ms / 1e6, 1), mode=p)
+                       gflops_twin=round(unfolded_flops(c, N_POINTS) / ref_ms / 1e6, 1), mode=p, **more)
     finally:
         _common.set_checks(True)
 
