@@ -112,8 +112,8 @@ class FitResult:
     metrics_init: dict  # name -> [N] tensor
     metrics_fit: dict
     history: list  # (step, objective, masked l2)
-    best_step: int
-    steps_done: int
+    best_step: int  # the update count at which the kept parameters were reached (0 = the initialisation)
+    steps_done: int  # updates applied
     interrupted: bool
     seconds: float
     model: object = None  # the fine-tuned copy when finetune_iters > 0
@@ -329,7 +329,7 @@ def fit_person(model, target: FitTarget, cfg: FitConfig | None = None, vgg=None,
         render_init = render(model, z0.expand(N, -1), beta0, c2w0, K, cfg.batch, cfg.path)
     metrics_init = image_metrics(render_init, img, msk, metrics_vgg)
 
-    history, best, best_obj, best_step, step, interrupted = [], snapshot(), math.inf, 0, 0, False
+    history, best, best_obj, best_step, done, interrupted = [], snapshot(), math.inf, 0, 0, False
     was_training = model.training
     flags = [p.requires_grad for p in model.parameters()]
     model.eval()
@@ -354,11 +354,11 @@ def fit_person(model, target: FitTarget, cfg: FitConfig | None = None, vgg=None,
                 if obj < best_obj:  # the parameters this objective was measured at
                     best_obj, best, best_step = obj, snapshot(), step
                 opt.step()
+                done = step + 1
                 bar.update(1)
                 bar.set_postfix(obj=f"{obj:.4g}", l2=f"{l2:.4g}")
                 if callback is not None:
                     callback(step, obj)
-            step = cfg.iters
             # the state after the last update has not been measured yet
             obj, l2 = objective_step(net, grad=False)
             history.append((cfg.iters, obj, l2))
@@ -377,12 +377,12 @@ def fit_person(model, target: FitTarget, cfg: FitConfig | None = None, vgg=None,
                 obj, l2 = objective_step(net)
                 history.append((cfg.iters + k, obj, l2))
                 opt.step()
-                step = cfg.iters + k + 1
+                done = cfg.iters + k + 1
                 bar.update(1)
                 bar.set_postfix(obj=f"{obj:.4g}", l2=f"{l2:.4g}", stage="fine-tune")
                 if callback is not None:
                     callback(step, obj)
-            best_step = step
+            best_step = done
     except KeyboardInterrupt:
         interrupted = True
         if net is model:
@@ -400,7 +400,7 @@ def fit_person(model, target: FitTarget, cfg: FitConfig | None = None, vgg=None,
                      identity_init=z0.cpu(), render_init=render_init.cpu(), render_fit=render_fit.cpu(),
                      metrics_init={k: v.cpu() for k, v in metrics_init.items()},
                      metrics_fit={k: v.cpu() for k, v in metrics_fit.items()}, history=history, best_step=best_step,
-                     steps_done=step, interrupted=interrupted, seconds=time.time() - t0,
+                     steps_done=done, interrupted=interrupted, seconds=time.time() - t0,
                      model=net if net is not model else None)
 
 
