@@ -207,3 +207,21 @@ def test_raw_video_without_the_preprocess_extra_says_how_to_get_it(tiny_set, tin
         assert main(argv + out) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "needs the preprocess extra" in err and "docs/preprocess.md" in err, err
+
+
+def test_perceptual_fit_and_finetune_leave_the_model_untouched(model, heldout):
+    from dgnerf.apps.fit import FitConfig, fit_person
+    from dgnerf.losses import VGG16Features
+
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    vgg = VGG16Features(width_scale=1 / 16)  # a narrow random VGG: the code path, not the weights
+    res = fit_person(model, heldout, FitConfig(iters=3, lambda_perceptual=1.0, finetune_iters=2), vgg=vgg,
+                     progress=False)
+    assert len(res.history) == 3 + 1 + 2 and res.steps_done == 5 and res.best_step == 5
+    assert all(torch.isfinite(torch.tensor([o for _, o, _ in res.history])))
+    assert res.model is not None and res.model is not model
+    changed = [k for k, v in res.model.state_dict().items() if not torch.equal(v, before[k])]
+    assert changed  # the fine-tuned copy moved
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # the caller's model did not
+    with pytest.raises(Exception, match="VGG16"):
+        fit_person(model, heldout, FitConfig(iters=1, lambda_perceptual=1.0), vgg=None, progress=False)
