@@ -225,3 +225,26 @@ def test_head_prior_makes_a_solid_ellipsoid():
     # density-driven approximations now skip work and stay exact to the eye
     approx = model(z, beta, c2w, K, skip_stride=4, ert_threshold=1e-3)
     assert psnr(approx["image"], out["image"]) > 45
+
+
+def test_phase_conv_equals_upsample_conv():
+    import torch.nn.functional as Fn
+
+    from dgnerf.render.neural_renderer import NeuralRenderer, upsample2_conv3x3
+
+    x = torch.randn(2, 6, 5, 7, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 6, 3, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    ref = Fn.conv2d(Fn.interpolate(x, scale_factor=2.0, mode="nearest"), w, b, padding=1)
+    out = upsample2_conv3x3(x, w, b)
+    assert rel_err(out, ref) < 1e-12
+    g = torch.randn_like(ref)
+    gr = torch.autograd.grad(ref, (x, w, b), g)
+    go = torch.autograd.grad(out, (x, w, b), g)
+    for a, c in zip(go, gr):
+        assert rel_err(a, c) < 1e-12
+    assert torch.autograd.gradcheck(upsample2_conv3x3, (x[:1, :2, :3, :3].detach().requires_grad_(True),
+                                                       w[:2, :2].detach().requires_grad_(True), b[:2].detach().requires_grad_(True)))
+    r = NeuralRenderer(12, (8, 4)).double()
+    f = torch.randn(1, 12, 4, 4, dtype=torch.float64)
+    assert rel_err(r(f, fast=True), r(f)) < 1e-12
