@@ -225,3 +225,16 @@ def test_perceptual_fit_and_finetune_leave_the_model_untouched(model, heldout):
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # the caller's model did not
     with pytest.raises(Exception, match="VGG16"):
         fit_person(model, heldout, FitConfig(iters=1, lambda_perceptual=1.0), vgg=None, progress=False)
+
+
+def test_eval_ablation_writes_table1(model, tiny_set, tmp_path):
+    from dgnerf.apps.evaluate import evaluate
+    from dgnerf.apps.fit import FitConfig
+    from dgnerf.losses import VGG16Features
+
+    vgg = VGG16Features(width_scale=1 / 16)
+    rep = evaluate(model, tiny_set, str(tmp_path), cfg=FitConfig(iters=2), vgg=vgg, ablation_lambda=1.0, progress=False,
+                   log=lambda *a: None)
+    table = (tmp_path / "table1_ablation.md").read_text()
+    assert "| lambda = 0 (masked L2 only) |" in table and "| lambda = 1 (+ VGG16 perceptual) |" in table
+    assert set(rep["ablation"]) == {"lambda = 0 (masked L2 only)", "lambda = 1 (+ VGG16 perceptual)"}

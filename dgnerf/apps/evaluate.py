@@ -122,8 +122,15 @@ def evaluate(model, dataset: str, out: str, split: str = "test", persons: list[s
             if lam_ == lam:
                 rows[name] = overall_fit
                 continue
-            rs = [fit_person(model, tg, replace(cfg, lambda_perceptual=lam_), vgg=vgg, progress=progress,
-                             metrics_vgg=lpips_vgg) for tg in targets]
+            rs = []
+            for tg in targets:
+                rs.append(fit_person(model, tg, replace(cfg, lambda_perceptual=lam_), vgg=vgg, progress=progress,
+                                     metrics_vgg=lpips_vgg))
+                b = summarize(rs[-1].metrics_fit)
+                log(f"[eval] ablation {name}, {tg.person}: PSNR {b['psnr']:.2f} dB, L1 {b['l1']:.4f}, SSIM {b['ssim']:.3f}" +
+                    (f", LPIPS {b['lpips']:.3f}" if "lpips" in b else ""))
+                if rs[-1].interrupted:
+                    break
             rows[name] = _mean([r.metrics_fit for r in rs])
         tab = ["# Ablation: perceptual loss weight in fitting (Table 1 form)", "",
                f"Same persons, frames and schedule as table2.md ({cfg.iters} steps).", "", _header(["fitting loss"])]
