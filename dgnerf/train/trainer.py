@@ -197,10 +197,7 @@ class Trainer:
         self.model = HeadModel(self.model_cfg).to(self.device)
         self.frames = FrameStore(self.train_set, self.model_cfg.image_size, self.model_cfg.feature_size,
                                  cfg.preload_max_gb, cfg.progress and self.rank == 0)
-        try:  # one fused kernel per step instead of a dozen elementwise passes (CPU and CUDA)
-            self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, fused=True)
-        except (RuntimeError, TypeError):
-            self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.loss = build_loss(cfg, self.device)
         self.step = 0
         self.ddp = None
