@@ -147,11 +147,19 @@ def test_bench_field_mlp_cuda(prec):
             ref_ms = time_ms(twin, "cuda", warmup=3, iters=20)
             fast_ms = time_ms(fused, "cuda", warmup=3, iters=20)
             s, f = fused()
+            import os
+
+            os.environ["DGNERF_MLP_FUSED"] = "0"  # the same precision layer by layer through cuBLAS
+            try:
+                layerwise_ms = time_ms(fused, "cuda", warmup=3, iters=20)
+            finally:
+                os.environ.pop("DGNERF_MLP_FUSED", None)
             mm_tflops = _cuda_mm_tflops(dtype)
             tflops = folded_flops(c, N_POINTS) / fast_ms / 1e9
             extra = dict(rel_err_feature=round(rel(f, f64), 6), rel_err_sigma=round(rel(s, s64), 6),
                          tflops=round(tflops, 1), mm_tflops=round(mm_tflops, 1),
-                         fraction_of_mm=round(tflops / mm_tflops, 3), mode=prec)
+                         fraction_of_mm=round(tflops / mm_tflops, 3), layerwise_cublas_ms=round(layerwise_ms, 4),
+                         mode=prec)
             try:  # tiny-cuda-nn as a peer where it imports (not installable here)
                 import tinycudann  # noqa: F401
 

@@ -332,6 +332,18 @@ def test_opcheck_cuda(precision):
 
 
 @requires_cuda
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_cuda_fused_matches_layerwise(precision, monkeypatch):
+    # DGNERF_MLP_FUSED=0 runs the same precision layer by layer through cuBLAS: same function, other code.
+    m = make_mlp(B=2, P=300, device="cuda")
+    with torch.no_grad():
+        s1, o1 = run_fused(m, precision=precision)
+        monkeypatch.setenv("DGNERF_MLP_FUSED", "0")
+        s2, o2 = run_fused(m, precision=precision)
+    assert rel_err(o1, o2) <= 1e-2 and rel_err(s1, s2) <= 1e-2
+
+
+@requires_cuda
 def test_cuda_matches_cpu_bf16():
     m = make_mlp(B=1, P=256, device="cpu")
     s_cpu, o_cpu = run_fused(m, precision="bf16")

@@ -26,6 +26,7 @@
 #include <torch/library.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <vector>
 
 #include "dgnerf/checks.h"
@@ -264,7 +265,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> field_mlp_forward_cuda(
     at::TensorList hidden_b, const c10::optional<at::Tensor>& skip_wx, const at::Tensor& sigma_w,
     const at::Tensor& sigma_b, const at::Tensor& dir_w, const at::Tensor& dir_b, const at::Tensor& out_w,
     const at::Tensor& out_b, int64_t skip, bool feature, int64_t precision, bool save) {
-  if (precision == kMlpExact) {
+  const char* fused_env = std::getenv("DGNERF_MLP_FUSED");  // "0": layer-by-layer cuBLAS instead (A/B, safety)
+  const bool fused = !(fused_env && fused_env[0] == '0');
+  if (precision == kMlpExact || !fused) {
     // float32 / float64 exactness: cuBLAS GEMMs layer by layer (the fused kernel is tensor-core only).
     return mlp_forward_impl(x_enc, d_enc, cond0, cond_skip, w0x, hidden_w, hidden_b, skip_wx, sigma_w, sigma_b, dir_w,
                             dir_b, out_w, out_b, skip, feature, precision, save, 0);
