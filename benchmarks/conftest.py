@@ -27,3 +27,13 @@ def pytest_sessionfinish(session, exitstatus):
             tr.write_line(text)
         else:
             print(text)
+
+
+def pytest_collection_modifyitems(config, items):
+    # CPU-only benchmarks (named *cpu*) are skipped when DGNERF_BENCH_DEVICES leaves the CPU out.
+    if "cpu" in _wanted:
+        return
+    skip = pytest.mark.skip(reason="DGNERF_BENCH_DEVICES excludes cpu")
+    for item in items:
+        if "cpu" in item.name.lower():
+            item.add_marker(skip)
