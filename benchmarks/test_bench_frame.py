@@ -210,6 +210,8 @@ def test_frame_per_core_cpu_time(scene):
     processes, OpenMP barriers spinning); CPU time of a single thread is not charged while the
     process waits, so these ratios are the stable per-core numbers.
     """
+    if "cpu" not in os.environ.get("DGNERF_BENCH_DEVICES", "cpu,cuda").split(","):
+        pytest.skip("CPU benchmarks deselected by DGNERF_BENCH_DEVICES")
     prev = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
