@@ -112,6 +112,12 @@ def test_fit_command_writes_codes_renders_metrics(tiny_set, tiny_ckpt, tmp_path)
     from dgnerf.commands.render import load_code
 
     assert load_code(str(out / "identity_p0003.safetensors"), 512, "identity").shape == (1, 512)
+    # and both drive a head: the fitted identity with another person's poses and expressions
+    for target in ("codes.safetensors", "identity_p0003.safetensors"):
+        video = tmp_path / f"drive_{target}.gif"
+        assert main(["drive", "--target", str(out / target), "--driver", f"{tiny_set}:p0001", "--checkpoint", tiny_ckpt,
+                     "--out", str(video), "--max-frames", "2", "--no-progress"]) == 0
+        assert video.is_file()
 
 
 def test_fit_command_ctrl_c_writes_the_best_codes(tiny_set, tiny_ckpt, tmp_path, monkeypatch):
