@@ -26,3 +26,18 @@ def _fresh_seed(request):
     # Fresh random inputs per test (never zeros), but reproducible from the test's name.
     torch.manual_seed(zlib.crc32(request.node.nodeid.encode()))
     yield
+
+
+# A small model with the paper's structure, and the tiny built-in set (4 people x 3 frames at 32 px),
+# shared by the trainer and application tests.
+TINY_MODEL = {"feature_size": 8, "image_size": 32, "renderer_channels": [16, 8], "mlp_depth": 4, "mlp_width": 32,
+              "skip_layer": 2, "dir_width": 16, "feature_dim": 24, "n_samples": 12, "pos_freqs": 4, "dir_freqs": 2}
+
+
+@pytest.fixture(scope="session")
+def tiny_set(tmp_path_factory):
+    from dgnerf.data.synthetic import build_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("data") / "tiny"
+    build_synthetic_dataset(root, size="tiny", seed=3)
+    return str(root)

@@ -7,18 +7,7 @@ import pytest
 import torch
 
 from dgnerf.cli import main
-
-TINY_MODEL = {"feature_size": 8, "image_size": 32, "renderer_channels": [16, 8], "mlp_depth": 4, "mlp_width": 32,
-              "skip_layer": 2, "dir_width": 16, "feature_dim": 24, "n_samples": 12, "pos_freqs": 4, "dir_freqs": 2}
-
-
-@pytest.fixture(scope="module")
-def tiny_set(tmp_path_factory):
-    from dgnerf.data.synthetic import build_synthetic_dataset
-
-    root = tmp_path_factory.mktemp("apps_data") / "tiny"
-    build_synthetic_dataset(root, size="tiny", seed=3)
-    return str(root)
+from tests.conftest import TINY_MODEL
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@
 
 #include <vector>
 
+#include "dgnerf/alloc.h"
 #include "dgnerf/checks.h"
 #include "dgnerf/integrate.h"
 #include "dgnerf/math.h"
@@ -125,7 +126,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> integrate
   const int64_t R = features.size(0), S = features.size(1), C = features.size(2);
   check_integrate_grads(grad_feature, grad_opacity, grad_depth, features, R, C);
   auto gr_sigma = at::empty({R, S}, features.options());
-  auto gr_feat = at::empty({R, S, C}, features.options());
+  auto gr_feat = empty_large({R, S, C}, features.options());  // 134 MB at the default size: huge pages
   auto gr_depths = at::empty({R, S}, features.options());
   auto gr_deltas = at::empty({R, S}, features.options());
   auto rest = at::empty({R}, features.options());  // 1 - opacity per ray
