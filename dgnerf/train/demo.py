@@ -112,9 +112,16 @@ def make_outputs(run_dir: str, data_dir: str, out_dir: str, log=print) -> dict:
     imgs = interpolation_grid(model, za, zb, beta_n, beta_n, distance=dist, intrinsics=K1)
     save_png(os.path.join(out_dir, "identity_interpolation.png"), grid([to_uint8(x) for x in imgs], cols=7, scale=scale))
 
-    # 4. expression interpolation: one person, between its two most different expressions
+    # 4. expression interpolation: one person, from its most closed to its most open mouth when the set's
+    # expression basis names the parameters (the built-in set's does), else its two most different codes
     E = train_set.arrays["expression"][sel]
-    i, j = divmod(int(torch.cdist(E, E).argmax()), E.shape[0])
+    names = train_set.manifest.get("meta", {}).get("expression_params") or []
+    basis = train_set.expression_basis()
+    if "jaw_open" in names and basis is not None and basis["basis"].shape == (E.shape[1], len(names)):
+        jaw = (E @ basis["basis"])[:, names.index("jaw_open")]
+        i, j = int(jaw.argmin()), int(jaw.argmax())
+    else:
+        i, j = divmod(int(torch.cdist(E, E).argmax()), E.shape[0])
     imgs = interpolation_grid(model, z0, z0, E[i], E[j], yaws=(-20.0, 0.0, 20.0), distance=dist, intrinsics=K1)
     save_png(os.path.join(out_dir, "expression_interpolation.png"), grid([to_uint8(x) for x in imgs], cols=7, scale=scale))
 
