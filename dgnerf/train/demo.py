@@ -139,7 +139,7 @@ def make_outputs(run_dir: str, data_dir: str, out_dir: str, log=print) -> dict:
     return results
 
 
-def run_demo(out: str = "out", minutes: float = 7.0, size: str = "small", seed: int = 0, steps: int = 3000,
+def run_demo(out: str = "out", minutes: float = 6.5, size: str = "small", seed: int = 0, steps: int = 3000,
              lambda_perceptual: float = 0.0, log=print) -> dict:
     from dgnerf.data import check_dataset
     from dgnerf.data.synthetic import build_synthetic_dataset
