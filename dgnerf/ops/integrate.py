@@ -93,6 +93,7 @@ if hasattr(torch.ops, "dgnerf") and hasattr(torch.ops.dgnerf, "integrate_feature
         sigma, features, depths, deltas, background, threshold = inputs
         ctx.save_for_backward(sigma, features, depths, deltas, background)
         ctx.threshold = threshold
+        ctx.set_materialize_grads(False)  # _backward zero-fills only what it needs
 
     def _backward(ctx, g_f, g_o, g_d):
         sigma, features, depths, deltas, background = ctx.saved_tensors
