@@ -72,7 +72,9 @@ cu_sources = sorted(glob.glob("csrc/**/*.cu", recursive=True)) if use_cuda else 
 include_dirs = [os.path.join(ROOT, "csrc", "include")]
 # -g0: no debug info halves compile time; fast math is NOT used (exactness tests compare with torch).
 cxx_flags = ["-O3", "-g0", "-fopenmp"]
-nvcc_flags = ["-O3", "--expt-relaxed-constexpr", "-lineinfo", "-Xptxas=-v"] if os.environ.get("DGNERF_PTXAS_V") else ["-O3", "--expt-relaxed-constexpr"]
+nvcc_flags = ["-O3", "--expt-relaxed-constexpr"]
+if os.environ.get("DGNERF_PTXAS_V"):  # register / spill report per kernel, with source lines for profilers
+    nvcc_flags += ["-lineinfo", "-Xptxas=-v"]
 define_macros = [("DGNERF_TORCH_VERSION", f'"{torch.__version__}"'), ("DGNERF_ARCH_LIST", f'"{arch_list}"')]
 if use_cuda:
     define_macros.append(("DGNERF_WITH_CUDA", "1"))

@@ -41,13 +41,6 @@ def device_name(device) -> str:
     return f"CPU {name}"
 
 
-def device_slug(device) -> str:
-    device = torch.device(device)
-    if device.type == "cuda":
-        return "cuda-" + torch.cuda.get_device_name(device).replace(" ", "_").lower()
-    return "cpu"
-
-
 def time_ms(fn, device="cpu", warmup: int = 2, iters: int = 5, min_time_s: float = 0.0) -> float:
     """Median wall time of fn() in milliseconds (CUDA: events, after synchronising)."""
     device = torch.device(device)

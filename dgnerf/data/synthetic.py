@@ -708,20 +708,6 @@ def _render_batch(job, progress=None):
     return rgb, msk, c2w, Ks
 
 
-def contact_sheet(images: list[np.ndarray], cols: int, tile: int | None = None, pad: int = 2) -> np.ndarray:
-    """Images [H,W,3] uint8 -> one grid image (nearest-neighbour upscaled to `tile` pixels)."""
-    h, w = images[0].shape[:2]
-    s = max(1, (tile or h) // h)
-    rows = (len(images) + cols - 1) // cols
-    sheet = np.full((rows * (h * s + pad) + pad, cols * (w * s + pad) + pad, 3), 40, dtype=np.uint8)
-    for i, im in enumerate(images):
-        r, c = divmod(i, cols)
-        big = im.repeat(s, 0).repeat(s, 1)
-        y0, x0 = pad + r * (h * s + pad), pad + c * (w * s + pad)
-        sheet[y0:y0 + h * s, x0:x0 + w * s] = big
-    return sheet
-
-
 def build_synthetic_dataset(out: str | os.PathLike, size: str = "small", seed: int = 0, resolution: int | None = None,
                             persons: int | None = None, frames_per_person: int | None = None, test_persons: int | None = None,
                             preview: bool = False, overwrite: bool = False, progress: bool = False,
@@ -857,7 +843,9 @@ def build_synthetic_dataset(out: str | os.PathLike, size: str = "small", seed: i
 
         cols = min(6, n_f)
         tiles = [t for _, _, t in sorted(sheet_tiles, key=lambda s: (s[0], s[1]))]
-        sheet = contact_sheet(tiles, cols=cols, tile=128)
+        from dgnerf.train.plots import grid
+
+        sheet = grid(tiles, cols=cols, scale=max(1, 128 // tiles[0].shape[0]), fill=40)
         path = os.path.join(os.fspath(out), "preview.png")
         Image.fromarray(sheet).save(path)
         info["preview"] = path

@@ -72,7 +72,6 @@ if hasattr(torch.ops, "dgnerf") and hasattr(torch.ops.dgnerf, "sample_rays"):
         c2w, intrinsics, height, width = inputs[:4]
         ctx.save_for_backward(c2w, intrinsics, output[2])
         ctx.hw = (height, width)
-        ctx.c2w_rows = c2w.shape[1]
         ctx.set_materialize_grads(False)  # _backward treats a missing gradient as zero
 
     def _backward(ctx, g_points, g_dirs, g_depths, g_deltas):
