@@ -88,7 +88,7 @@ def test_interrupt_keeps_the_best_codes(model, heldout):
 def test_fit_command_writes_codes_renders_metrics(tiny_set, tiny_ckpt, tmp_path):
     out = tmp_path / "fit"
     assert main(["fit", tiny_set, "--checkpoint", tiny_ckpt, "--out", str(out), "--iters", "3", "--no-lpips",
-                 "--no-progress"]) == 0
+                 "--no-csim", "--no-progress"]) == 0
     for name in ("codes.safetensors", "identity_p0003.safetensors", "fit_p0003.png", "loss_p0003.png", "metrics.json"):
         assert (out / name).is_file(), name
     rep = json.loads((out / "metrics.json").read_text())
@@ -151,7 +151,7 @@ def test_interp_and_eval_write_pictures_and_tables(tiny_set, tiny_ckpt, tmp_path
     assert Image.open(png).size[0] > 3 * 32
     out = tmp_path / "eval"
     assert main(["eval", "--checkpoint", tiny_ckpt, "--dataset", tiny_set, "--out", str(out), "--iters", "3",
-                 "--no-lpips", "--no-progress"]) == 0
+                 "--no-lpips", "--no-csim", "--no-progress"]) == 0
     table = (out / "table2.md").read_text()
     assert "| encoder-only initialisation (no fitting) |" in table and "| fitted (dgnerf fit) |" in table
     assert "| p0003 | 3 | fitted |" in table

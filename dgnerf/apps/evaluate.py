@@ -15,7 +15,9 @@ import torch
 
 from dgnerf.errors import DgnerfError
 
-METRICS = (("l1", "L1 ↓", "{:.4f}"), ("psnr", "PSNR ↑", "{:.2f}"), ("ssim", "SSIM ↑", "{:.3f}"), ("lpips", "LPIPS ↓", "{:.3f}"))
+METRICS = (("l1", "L1 ↓", "{:.4f}"), ("psnr", "PSNR ↑", "{:.2f}"), ("ssim", "SSIM ↑", "{:.3f}"), ("lpips", "LPIPS ↓", "{:.3f}"),
+           ("csim", "CSIM ↑", "{:.3f}"))
+HIGHER_IS_BETTER = ("psnr", "ssim", "csim")
 PAPER_TABLE2 = {"paper, ours (fitted)": {"l1": 0.038, "psnr": 23.45, "ssim": 0.912},
                 "paper, HeadNeRF (fitted)": {"l1": 0.051, "psnr": 21.02, "ssim": 0.885}}
 
@@ -28,6 +30,15 @@ def _row(name: str, m: dict, extra: list[str] | None = None) -> str:
 def _header(first: list[str]) -> str:
     names = first + [title for _, title, _ in METRICS]
     return "| " + " | ".join(names) + " |\n|" + "|".join(["---"] * len(names)) + "|"
+
+
+def csim_note(embedder, reason) -> str:
+    """The line under a table that says how CSIM was computed, or why its column is n/a."""
+    if embedder is not None:
+        return (f"CSIM: cosine of {getattr(embedder, 'name', 'the identity encoder')} features of render and ground truth "
+                "(both white outside the head mask; FaceNet's face crop from the tracked landmarks when the set has "
+                "them, else the head mask's box).")
+    return f"CSIM: n/a, not computed: {reason or 'no identity encoder given'}."
 
 
 def _mean(per_frame: list[dict]) -> dict:
@@ -50,10 +61,13 @@ def overview_png(path: str, targets, results, scale: int | None = None) -> str:
 
 def evaluate(model, dataset: str, out: str, split: str = "test", persons: list[str] | None = None, cfg=None,
              max_frames: int | None = None, vgg=None, lpips_vgg=None, ablation_lambda: float | None = None,
-             checkpoint: str = "", progress: bool = True, log=print) -> dict:
+             checkpoint: str = "", progress: bool = True, log=print, csim_embedder=None,
+             csim_reason: str | None = None) -> dict:
     """Fit every held-out person, write out/{table2.md, metrics.json, eval_overview.png, eval_<person>.png}
-    (+ table1_ablation.md when ablation_lambda > 0) and return the report dict."""
-    from dgnerf.apps.fit import FitConfig, comparison_png, fit_person, summarize, targets_from_dataset
+    (+ table1_ablation.md when ablation_lambda > 0) and return the report dict.
+    csim_embedder: identity encoder for CSIM (dgnerf.metrics.facenet_embedder()); without one the tables
+    show n/a and say why (csim_reason)."""
+    from dgnerf.apps.fit import FitConfig, comparison_png, fit_person, metric_changes, summarize, targets_from_dataset
     from dgnerf.data import HeadDataset
 
     cfg = (cfg or FitConfig()).check()
@@ -70,13 +84,10 @@ def evaluate(model, dataset: str, out: str, split: str = "test", persons: list[s
     t0 = time.time()
     results, interrupted = [], False
     for tg in targets:
-        r = fit_person(model, tg, cfg, vgg=vgg, progress=progress, metrics_vgg=lpips_vgg)
+        r = fit_person(model, tg, cfg, vgg=vgg, progress=progress, metrics_vgg=lpips_vgg, csim_embedder=csim_embedder)
         results.append(r)
         comparison_png(os.path.join(out, f"eval_{tg.person}.png"), tg, r)
-        a, b = summarize(r.metrics_init), summarize(r.metrics_fit)
-        log(f"[eval] {tg.person}: {len(tg)} frames, PSNR {a['psnr']:.2f} -> {b['psnr']:.2f} dB, L1 {a['l1']:.4f} -> "
-            f"{b['l1']:.4f}, SSIM {a['ssim']:.3f} -> {b['ssim']:.3f}" +
-            (f", LPIPS {a['lpips']:.3f} -> {b['lpips']:.3f}" if "lpips" in a else ""))
+        log(f"[eval] {tg.person}: {len(tg)} frames, " + metric_changes(summarize(r.metrics_init), summarize(r.metrics_fit)))
         if r.interrupted:
             interrupted = True
             log("[eval] interrupted: the tables cover the persons fitted so far")
@@ -93,14 +104,14 @@ def evaluate(model, dataset: str, out: str, split: str = "test", persons: list[s
              (f", fine-tune {cfg.finetune_iters} steps" if cfg.finetune_iters else "") + ".", "",
              _header(["method"]),
              _row("encoder-only initialisation (no fitting)", overall_init),
-             _row("fitted (dgnerf fit)", overall_fit), "",
+             _row("fitted (dgnerf fit)", overall_fit), "", csim_note(csim_embedder, csim_reason), "",
              "For reference only (the paper's own data and resolution, not comparable):", "",
              _header(["method"])] + [_row(k, v) for k, v in PAPER_TABLE2.items()] + [
              "", "## Per person", "", _header(["person", "frames", "method"])]
     for tg, r in zip(targets, results):
         lines.append(_row(tg.person, summarize(r.metrics_init), [str(len(tg)), "encoder-only"]))
         lines.append(_row(tg.person, summarize(r.metrics_fit), [str(len(tg)), "fitted"]))
-    wins = {k: (overall_fit[k] > overall_init[k]) if k in ("psnr", "ssim") else (overall_fit[k] < overall_init[k])
+    wins = {k: (overall_fit[k] > overall_init[k]) if k in HIGHER_IS_BETTER else (overall_fit[k] < overall_init[k])
             for k in overall_fit}
     lines += ["", "Fitted beats the encoder-only initialisation on: " +
               ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in sorted(wins.items())), ""]
@@ -109,6 +120,8 @@ def evaluate(model, dataset: str, out: str, split: str = "test", persons: list[s
     overview_png(os.path.join(out, "eval_overview.png"), targets, results)
     report = {"checkpoint": checkpoint, "dataset": dataset, "split": split, "frames": frames,
               "image_size": model.cfg.image_size, "config": cfg.__dict__, "interrupted": interrupted,
+              "csim": ({"available": True, "embedder": getattr(csim_embedder, "name", "given")} if csim_embedder is not None
+                       else {"available": False, "reason": csim_reason or "no identity encoder given"}),
               "overall": {"encoder_only": overall_init, "fitted": overall_fit}, "fitted_beats_init": wins,
               "persons": {tg.person: {"frames": len(tg), "encoder_only": summarize(r.metrics_init),
                                       "fitted": summarize(r.metrics_fit), "steps": r.steps_done,
@@ -125,16 +138,15 @@ def evaluate(model, dataset: str, out: str, split: str = "test", persons: list[s
             rs = []
             for tg in targets:
                 rs.append(fit_person(model, tg, replace(cfg, lambda_perceptual=lam_), vgg=vgg, progress=progress,
-                                     metrics_vgg=lpips_vgg))
+                                     metrics_vgg=lpips_vgg, csim_embedder=csim_embedder))
                 b = summarize(rs[-1].metrics_fit)
-                log(f"[eval] ablation {name}, {tg.person}: PSNR {b['psnr']:.2f} dB, L1 {b['l1']:.4f}, SSIM {b['ssim']:.3f}" +
-                    (f", LPIPS {b['lpips']:.3f}" if "lpips" in b else ""))
+                log(f"[eval] ablation {name}, {tg.person}: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(b.items())))
                 if rs[-1].interrupted:
                     break
             rows[name] = _mean([r.metrics_fit for r in rs])
         tab = ["# Ablation: perceptual loss weight in fitting (Table 1 form)", "",
                f"Same persons, frames and schedule as table2.md ({cfg.iters} steps).", "", _header(["fitting loss"])]
-        tab += [_row(k, v) for k, v in rows.items()] + [""]
+        tab += [_row(k, v) for k, v in rows.items()] + ["", csim_note(csim_embedder, csim_reason), ""]
         with open(os.path.join(out, "table1_ablation.md"), "w") as f:
             f.write("\n".join(tab))
         report["ablation"] = rows

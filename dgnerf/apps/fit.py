@@ -94,6 +94,7 @@ class FitTarget:
     identity: torch.Tensor  # [N,I] per-frame encoder features
     expression: torch.Tensor  # [N,E]
     frame_index: list[int] = field(default_factory=list)  # rows of the dataset manifest
+    landmarks: torch.Tensor | None = None  # [N,L,2] face-mesh points in pixels of `image` (CSIM's FaceNet crop)
 
     def __len__(self):
         return self.image.shape[0]
@@ -173,6 +174,7 @@ def targets_from_dataset(root: str, cfg, persons: list[str] | None = None, split
     if max_frames is not None and max_frames < 1:
         raise DgnerfError(f"--max-frames: expected >= 1, got {max_frames}")
     scale_k = cfg.feature_size / ds.width
+    lm = tracked_landmarks(root, ds.width, cfg.image_size, len(ds.manifest["frames"]))
     out = []
     for p in persons:
         rows = [j for j, f in enumerate(ds.frames) if f.person == p]
@@ -184,8 +186,33 @@ def targets_from_dataset(root: str, cfg, persons: list[str] | None = None, split
         out.append(FitTarget(
             person=p, image=img, mask=msk, c2w=ds.arrays["c2w"][rows].clone(),
             intrinsics=ds.arrays["intrinsics"][rows] * scale_k, identity=ds.arrays["identity"][rows].clone(),
-            expression=ds.arrays["expression"][rows].clone(), frame_index=[ds.frames[j].index for j in rows]))
+            expression=ds.arrays["expression"][rows].clone(), frame_index=[ds.frames[j].index for j in rows],
+            landmarks=None if lm is None else lm[[ds.frames[j].index for j in rows]]))
     return out
+
+
+def tracked_landmarks(root: str, resolution: int, image_size: int, num_frames: int) -> torch.Tensor | None:
+    """The preprocessor's face-mesh landmarks of every frame in pixels of a `image_size` image of the set
+    ([N,478,2]), from its tracking.safetensors (landmarks normalised to the source frame, crop_box x0, y0,
+    size in source pixels, source_intrinsics whose principal point is the source frame's centre); None
+    when the set has no such file (the built-in set, imported tracking) or it does not fit the set."""
+    import os
+
+    path = os.path.join(root, "tracking.safetensors")
+    if not os.path.isfile(path):
+        return None
+    from safetensors.torch import load_file
+
+    try:
+        t = load_file(path)
+        lm, box, K = t["landmarks"].double(), t["crop_box"].double(), t["source_intrinsics"].double()
+    except Exception:
+        return None
+    if lm.dim() != 3 or lm.shape[0] != num_frames or lm.shape[1] < 468 or box.shape != (num_frames, 3) or K.shape != (num_frames, 4):
+        return None
+    wh = 2 * K[:, None, 2:4]  # source width, height (centred principal point, the preprocessor's camera)
+    uv = (lm[..., :2] * wh - box[:, None, :2]) * (resolution / box[:, None, 2:3])  # dataset crop pixels
+    return (uv * (image_size / resolution)).float()
 
 
 def preprocess_inputs(inputs: list[str], out: str, basis: str | None, resolution: int, split: str = "test",
@@ -231,11 +258,11 @@ def corrected_c2w(c2w: torch.Tensor, rot: torch.Tensor, trans: torch.Tensor) -> 
     return c2w @ torch.cat([top, bottom], -2)
 
 
-def image_metrics(pred, target, mask, vgg=None) -> dict:
-    """Per-image masked L1, PSNR, SSIM (and LPIPS with a VGG) -> {name: [N] tensor}."""
+def image_metrics(pred, target, mask, vgg=None, embedder=None, landmarks=None) -> dict:
+    """Per-image masked L1, PSNR, SSIM (and LPIPS with a VGG, CSIM with an identity embedder) -> {name: [N] tensor}."""
     from dgnerf.metrics import masked_metrics
 
-    return masked_metrics(pred, target, mask, vgg=vgg)
+    return masked_metrics(pred, target, mask, vgg=vgg, embedder=embedder, landmarks=landmarks)
 
 
 @torch.no_grad()
@@ -252,10 +279,11 @@ def _lr_factor(cfg: FitConfig, step: int, total: int) -> float:
 
 
 def fit_person(model, target: FitTarget, cfg: FitConfig | None = None, vgg=None, progress: bool = True,
-               callback=None, metrics_vgg=None) -> FitResult:
+               callback=None, metrics_vgg=None, csim_embedder=None) -> FitResult:
     """Fit one person's identity offset, per-frame expression offsets and pose corrections (see the module
     doc). `callback(step, objective)` is called after every step (tests raise KeyboardInterrupt from it).
-    vgg: VGG16Features for lambda_perceptual > 0; metrics_vgg: for LPIPS in the metrics (None: no LPIPS)."""
+    vgg: VGG16Features for lambda_perceptual > 0; metrics_vgg: for LPIPS in the metrics (None: no LPIPS);
+    csim_embedder: for CSIM in the metrics (dgnerf.metrics.facenet_embedder(); None: no CSIM)."""
     from tqdm import tqdm
 
     from dgnerf.losses import perceptual_loss
@@ -327,7 +355,7 @@ def fit_person(model, target: FitTarget, cfg: FitConfig | None = None, vgg=None,
     # the encoder-only start
     with torch.no_grad():
         render_init = render(model, z0.expand(N, -1), beta0, c2w0, K, cfg.batch, cfg.path)
-    metrics_init = image_metrics(render_init, img, msk, metrics_vgg)
+    metrics_init = image_metrics(render_init, img, msk, metrics_vgg, csim_embedder, target.landmarks)
 
     history, best, best_obj, best_step, done, interrupted = [], snapshot(), math.inf, 0, 0, False
     was_training = model.training
@@ -395,7 +423,7 @@ def fit_person(model, target: FitTarget, cfg: FitConfig | None = None, vgg=None,
         z, beta, c2w = (t.detach() for t in params())
         render_fit = render(net, z.expand(N, -1), beta, c2w, K, cfg.batch, cfg.path)
     model.train(was_training)
-    metrics_fit = image_metrics(render_fit, img, msk, metrics_vgg)
+    metrics_fit = image_metrics(render_fit, img, msk, metrics_vgg, csim_embedder, target.landmarks)
     return FitResult(person=target.person, identity=z.cpu(), expression=beta.cpu(), c2w=c2w.cpu(), intrinsics=K.cpu(),
                      identity_init=z0.cpu(), render_init=render_init.cpu(), render_fit=render_fit.cpu(),
                      metrics_init={k: v.cpu() for k, v in metrics_init.items()},
@@ -425,6 +453,14 @@ def comparison_png(path: str, target: FitTarget, res: FitResult, max_cols: int =
 
 def summarize(metrics: dict) -> dict:
     return {k: round(float(v.double().mean()), 5) for k, v in metrics.items()}
+
+
+def metric_changes(a: dict, b: dict) -> str:
+    """'masked PSNR 11.64 -> 17.95 dB, L1 ..., SSIM ...[, LPIPS ...][, CSIM ...]' (summaries a -> b) for log lines."""
+    parts = [f"masked PSNR {a['psnr']:.2f} -> {b['psnr']:.2f} dB", f"L1 {a['l1']:.4f} -> {b['l1']:.4f}",
+             f"SSIM {a['ssim']:.3f} -> {b['ssim']:.3f}"]
+    parts += [f"{name} {a[k]:.3f} -> {b[k]:.3f}" for k, name in (("lpips", "LPIPS"), ("csim", "CSIM")) if k in a and k in b]
+    return ", ".join(parts)
 
 
 def save_codes(path: str, targets: list[FitTarget], results: list[FitResult], metadata: dict | None = None) -> str:

@@ -11,6 +11,7 @@ from dgnerf.errors import DgnerfError
 def run(args):
     from dgnerf.apps.evaluate import evaluate
     from dgnerf.commands.fit import fit_config, load_model, vggs
+    from dgnerf.metrics import csim_embedder
 
     cfg = fit_config(args)
     if not os.path.isfile(os.path.join(args.dataset, "manifest.json")):
@@ -23,9 +24,11 @@ def run(args):
     vgg = vgg.to(dev) if vgg is not None else None
     lpips_vgg = lpips_vgg.to(dev) if lpips_vgg is not None else None
     persons = [p for p in args.persons.split(",") if p] if args.persons else None
+    embedder, reason = csim_embedder(not args.no_csim)
     rep = evaluate(model, args.dataset, args.out, split=args.split, persons=persons, cfg=cfg, max_frames=args.max_frames,
                    vgg=vgg, lpips_vgg=lpips_vgg, ablation_lambda=args.ablation_lambda,
-                   checkpoint=os.path.abspath(args.checkpoint), progress=not args.no_progress)
+                   checkpoint=os.path.abspath(args.checkpoint), progress=not args.no_progress, csim_embedder=embedder,
+                   csim_reason=reason)
     a, b = rep["overall"]["encoder_only"], rep["overall"]["fitted"]
     print(f"overall ({rep['frames']} frames): " + ", ".join(f"{k} {a[k]:.4g} -> {b[k]:.4g}" for k in sorted(b)))
     print(f"wrote {args.out}/table2.md, metrics.json, eval_overview.png, eval_<person>.png" +

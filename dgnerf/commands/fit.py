@@ -28,6 +28,9 @@ def add_fit_arguments(p, iters_default: int = 300):
     g.add_argument("--max-frames", type=int, default=None, help="at most this many (evenly spaced) frames per person")
     g.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     g.add_argument("--no-lpips", action="store_true", help="skip LPIPS in the metrics (it needs the VGG16 weights)")
+    g.add_argument("--no-csim", action="store_true",
+                   help="skip CSIM (FaceNet identity cosine) in the metrics; without OpenCV 5 or the FaceNet graph it "
+                        "is reported as unavailable")
     g.add_argument("--no-progress", action="store_true")
 
 
@@ -73,6 +76,13 @@ def vggs(args, need_perceptual: bool, log=print):
     return (vgg if need_perceptual else None), vgg
 
 
+def csim_info(embedder, reason) -> dict:
+    """What the reports say about CSIM: computed with which encoder, or why not."""
+    if embedder is not None:
+        return {"available": True, "embedder": getattr(embedder, "name", type(embedder).__name__)}
+    return {"available": False, "reason": reason}
+
+
 def _resolve_source(args, cfg, workdir: str):
     """-> (targets, description). Datasets directly; raw videos / image folders through the preprocessor."""
     from dgnerf.apps.fit import is_dataset, parse_source, preprocess_inputs, targets_from_dataset
@@ -103,7 +113,8 @@ def _resolve_source(args, cfg, workdir: str):
 def run(args):
     import json
 
-    from dgnerf.apps.fit import comparison_png, fit_person, save_codes, save_identity, summarize
+    from dgnerf.apps.fit import comparison_png, fit_person, metric_changes, save_codes, save_identity, summarize
+    from dgnerf.metrics import csim_embedder
     from dgnerf.train.plots import loss_curve_png
 
     cfg = fit_config(args)
@@ -118,11 +129,13 @@ def run(args):
         vgg = vgg.to(dev)
     if lpips_vgg is not None:
         lpips_vgg = lpips_vgg.to(dev)
+    embedder, csim_reason = csim_embedder(not args.no_csim)
     results, report = [], {"checkpoint": os.path.abspath(args.checkpoint), "source": args.source, "dataset": data_root,
-                           "config": cfg.__dict__, "persons": {}}
+                           "config": cfg.__dict__, "csim": csim_info(embedder, csim_reason), "persons": {}}
     interrupted = False
     for tg in targets:
-        res = fit_person(model, tg, cfg, vgg=vgg, progress=not args.no_progress, metrics_vgg=lpips_vgg)
+        res = fit_person(model, tg, cfg, vgg=vgg, progress=not args.no_progress, metrics_vgg=lpips_vgg,
+                         csim_embedder=embedder)
         results.append(res)
         comparison_png(os.path.join(args.out, f"fit_{tg.person}.png"), tg, res)
         loss_curve_png(os.path.join(args.out, f"loss_{tg.person}.png"),
@@ -142,8 +155,7 @@ def run(args):
                           "fitted": {k: [round(float(x), 5) for x in v] for k, v in res.metrics_fit.items()}}}
         a, b = report["persons"][tg.person]["encoder_only"], report["persons"][tg.person]["fitted"]
         print(f"{tg.person}: {len(tg)} frames, {res.steps_done} steps{' (interrupted)' if res.interrupted else ''}: "
-              f"masked PSNR {a['psnr']:.2f} -> {b['psnr']:.2f} dB, L1 {a['l1']:.4f} -> {b['l1']:.4f}, "
-              f"SSIM {a['ssim']:.3f} -> {b['ssim']:.3f}" + (f", LPIPS {a['lpips']:.3f} -> {b['lpips']:.3f}" if "lpips" in a else ""))
+              + metric_changes(a, b))
         if res.interrupted:
             interrupted = True
             print("dgnerf fit: interrupted: kept the best codes so far; the remaining persons are not fitted")
