@@ -3,7 +3,9 @@ fit (dgnerf.apps.fit) and report masked L1 / PSNR / SSIM (/ LPIPS) of the encode
 (no fitting: the person's mean identity code, each frame's expression code and tracked pose) and of the
 fitted codes, per person and overall (mean over all frames), as Markdown tables, JSON and figures.
 
-Optional ablation (Table 1 form): the same fit with lambda_perceptual = 0 and with the given lambda > 0.
+Optional ablations (Table 1 form): the same fit with lambda_perceptual = 0 and with the given lambda > 0
+(table1_ablation.md); the identity code from the encoder vs from coefficients (dgnerf.apps.ablation,
+table1_identity.md).
 """
 from __future__ import annotations
 
@@ -59,12 +61,26 @@ def overview_png(path: str, targets, results, scale: int | None = None) -> str:
     return path
 
 
+def _train_steps(checkpoint: str) -> int | None:
+    """The training step a `dgnerf train` checkpoint was written at (its metadata), None when unknown."""
+    if not checkpoint:
+        return None
+    try:
+        from dgnerf.checkpoint import read_checkpoint
+
+        return int(json.loads(read_checkpoint(checkpoint)[2].get("train_step", "null")))
+    except Exception:
+        return None
+
+
 def evaluate(model, dataset: str, out: str, split: str = "test", persons: list[str] | None = None, cfg=None,
              max_frames: int | None = None, vgg=None, lpips_vgg=None, ablation_lambda: float | None = None,
              checkpoint: str = "", progress: bool = True, log=print, csim_embedder=None,
-             csim_reason: str | None = None) -> dict:
+             csim_reason: str | None = None, ablation_identity=None) -> dict:
     """Fit every held-out person, write out/{table2.md, metrics.json, eval_overview.png, eval_<person>.png}
-    (+ table1_ablation.md when ablation_lambda > 0) and return the report dict.
+    (+ table1_ablation.md when ablation_lambda > 0, + table1_identity.md and ablation_identity.png with
+    ablation_identity = dgnerf.apps.ablation.IdentityVariant: the model trained on the same frames with the
+    other identity code) and return the report dict.
     csim_embedder: identity encoder for CSIM (dgnerf.metrics.facenet_embedder()); without one the tables
     show n/a and say why (csim_reason)."""
     from dgnerf.apps.fit import FitConfig, comparison_png, fit_person, metric_changes, summarize, targets_from_dataset
@@ -79,6 +95,10 @@ def evaluate(model, dataset: str, out: str, split: str = "test", persons: list[s
         raise DgnerfError(f"--ablation-lambda: expected a number > 0 (the run with perceptual loss), got {ablation_lambda}")
     if ablation_lambda is not None and vgg is None:
         raise DgnerfError("--ablation-lambda needs the VGG16 weights (`dgnerf assets fetch --only vgg16`)")
+    if ablation_identity is not None:
+        from dgnerf.apps.ablation import check_same_frames
+
+        check_same_frames(dataset, ablation_identity.dataset, split)
     targets = targets_from_dataset(dataset, model.cfg, persons=persons, split=split, max_frames=max_frames)
     os.makedirs(out, exist_ok=True)
     t0 = time.time()
@@ -150,6 +170,15 @@ def evaluate(model, dataset: str, out: str, split: str = "test", persons: list[s
         with open(os.path.join(out, "table1_ablation.md"), "w") as f:
             f.write("\n".join(tab))
         report["ablation"] = rows
+    if ablation_identity is not None and not interrupted:
+        from dgnerf.apps.ablation import IdentityVariant, identity_ablation, identity_kind
+
+        main = IdentityVariant(identity_kind(dataset), model, dataset, checkpoint, _train_steps(checkpoint))
+        if ablation_identity.label == main.label:
+            ablation_identity.label += f" ({os.path.basename(os.path.normpath(ablation_identity.dataset))})"
+        report["ablation_identity"] = identity_ablation(
+            main, ablation_identity, targets, results, out, cfg, split=split, max_frames=max_frames, lpips_vgg=lpips_vgg,
+            csim_embedder=csim_embedder, csim_reason=csim_reason, progress=progress, log=log)
     report["seconds"] = round(time.time() - t0, 1)
     with open(os.path.join(out, "metrics.json"), "w") as f:
         json.dump(report, f, indent=1)

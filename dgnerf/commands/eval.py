@@ -1,6 +1,8 @@
 """`dgnerf eval --checkpoint C --dataset D --out DIR`: the paper's fitting protocol on held-out people
 (dgnerf.apps.evaluate): DIR/table2.md (encoder-only vs fitted, overall and per person), metrics.json,
-eval_overview.png and eval_<person>.png; with --ablation-lambda L also table1_ablation.md (lambda 0 vs L)."""
+eval_overview.png and eval_<person>.png; with --ablation-lambda L also table1_ablation.md (lambda 0 vs L); with
+--ablation-identity D2 also table1_identity.md and ablation_identity.png (identity code from the encoder vs from
+coefficients: dgnerf.apps.ablation)."""
 from __future__ import annotations
 
 import os
@@ -24,16 +26,50 @@ def run(args):
     vgg = vgg.to(dev) if vgg is not None else None
     lpips_vgg = lpips_vgg.to(dev) if lpips_vgg is not None else None
     persons = [p for p in args.persons.split(",") if p] if args.persons else None
+    other = identity_variant(args, dev)
     embedder, reason = csim_embedder(not args.no_csim)
     rep = evaluate(model, args.dataset, args.out, split=args.split, persons=persons, cfg=cfg, max_frames=args.max_frames,
                    vgg=vgg, lpips_vgg=lpips_vgg, ablation_lambda=args.ablation_lambda,
                    checkpoint=os.path.abspath(args.checkpoint), progress=not args.no_progress, csim_embedder=embedder,
-                   csim_reason=reason)
+                   csim_reason=reason, ablation_identity=other)
     a, b = rep["overall"]["encoder_only"], rep["overall"]["fitted"]
     print(f"overall ({rep['frames']} frames): " + ", ".join(f"{k} {a[k]:.4g} -> {b[k]:.4g}" for k in sorted(b)))
     print(f"wrote {args.out}/table2.md, metrics.json, eval_overview.png, eval_<person>.png" +
-          (", table1_ablation.md" if "ablation" in rep else ""))
+          (", table1_ablation.md" if "ablation" in rep else "") +
+          (", table1_identity.md, ablation_identity.png" if "ablation_identity" in rep else ""))
     return 130 if rep["interrupted"] else 0
+
+
+def identity_variant(args, device):
+    """The other side of the identity ablation (--ablation-identity D2 with a checkpoint, or trained here), or None."""
+    if args.ablation_identity is None:
+        if args.ablation_identity_checkpoint or args.ablation_identity_train or args.ablation_identity_steps is not None:
+            raise DgnerfError("--ablation-identity-checkpoint/-train/-steps: give the dataset with the other identity code "
+                              "as --ablation-identity D2")
+        return None
+    from dgnerf.apps.ablation import IdentityVariant, check_same_frames, identity_kind, run_state, train_like
+    from dgnerf.commands.fit import load_model
+
+    d2 = args.ablation_identity
+    if not os.path.isfile(os.path.join(d2, "manifest.json")):
+        raise DgnerfError(f"--ablation-identity {d2!r}: not a dgnerf dataset (no manifest.json)")
+    if bool(args.ablation_identity_checkpoint) == bool(args.ablation_identity_train):
+        raise DgnerfError("--ablation-identity: give exactly one of --ablation-identity-checkpoint C2 (a model trained on "
+                          f"{d2}) and --ablation-identity-train (train one here like --checkpoint)")
+    if args.ablation_identity_steps is not None and not args.ablation_identity_train:
+        raise DgnerfError("--ablation-identity-steps: only with --ablation-identity-train")
+    check_same_frames(args.dataset, d2, args.split)
+    if args.ablation_identity_train:
+        run_state(args.checkpoint)  # fails early when --checkpoint does not say how it was trained
+        ckpt = train_like(args.checkpoint, d2, os.path.join(args.out, "ablation_identity_run"),
+                          steps=args.ablation_identity_steps, progress=not args.no_progress)
+        ckpt = os.path.join(ckpt, "model.safetensors")
+    else:
+        ckpt = args.ablation_identity_checkpoint
+    model = load_model(ckpt, str(device))
+    from dgnerf.apps.evaluate import _train_steps
+
+    return IdentityVariant(identity_kind(d2), model, d2, os.path.abspath(ckpt), _train_steps(ckpt))
 
 
 def register(sub):
@@ -49,5 +85,13 @@ def register(sub):
     p.add_argument("--persons", default=None, help="comma-separated person ids (default: all of --split)")
     p.add_argument("--ablation-lambda", type=float, default=None, metavar="L",
                    help="also fit with lambda_perceptual 0 and L and write table1_ablation.md (needs VGG16)")
+    p.add_argument("--ablation-identity", default=None, metavar="D2",
+                   help="identity ablation (encoder vs coefficients): D2 = the same frames with the other identity code "
+                        "(e.g. the built-in set built with and without --identity facenet); writes table1_identity.md")
+    p.add_argument("--ablation-identity-checkpoint", default=None, metavar="C2", help="the model trained on D2")
+    p.add_argument("--ablation-identity-train", action="store_true",
+                   help="train the model on D2 here, exactly as --checkpoint was trained (its train_state.json)")
+    p.add_argument("--ablation-identity-steps", type=int, default=None, metavar="N",
+                   help="with --ablation-identity-train: train N steps (default: as many as --checkpoint had)")
     add_fit_arguments(p)
     p.set_defaults(func=run)
