@@ -29,6 +29,7 @@ class Driver:
     intrinsics: torch.Tensor  # [N,4] feature-map pixels
     expression: torch.Tensor  # [N,E]
     person: str
+    gaze: torch.Tensor | None = None  # [N,G] the driver's gaze (drives a model with gaze conditioning)
 
     def __len__(self):
         return self.image.shape[0]
@@ -50,7 +51,8 @@ def driver_from_dataset(root: str, cfg, person: str | None = None, split: str | 
     n = len(tg) if max_frames is None else min(len(tg), max_frames)
     if max_frames is not None and max_frames < 1:
         raise DgnerfError(f"--max-frames: expected >= 1, got {max_frames}")
-    return Driver(tg.image[:n], tg.c2w[:n], tg.intrinsics[:n], tg.expression[:n], person)
+    return Driver(tg.image[:n], tg.c2w[:n], tg.intrinsics[:n], tg.expression[:n], person,
+                  None if tg.gaze is None else tg.gaze[:n])
 
 
 def target_identity(spec: str, cfg) -> tuple[torch.Tensor, str]:
@@ -115,8 +117,9 @@ def drive_frames(model, z: torch.Tensor, driver: Driver, batch: int = 8, path: s
     for i in range(0, len(driver), batch):
         sl = slice(i, i + batch)
         n = driver.c2w[sl].shape[0]
+        gaze = driver.gaze[sl].to(dev) if driver.gaze is not None and model.cfg.gaze_dim else None
         out = model(z.expand(n, -1), driver.expression[sl].to(dev), driver.c2w[sl].to(dev),
-                    driver.intrinsics[sl].to(dev), path=path)["image"].float().cpu()
+                    driver.intrinsics[sl].to(dev), path=path, gaze=gaze)["image"].float().cpu()
         for k in range(n):
             left, right = to_uint8(driver.image[i + k]), to_uint8(out[k])
             gap = np.full((left.shape[0], 2, 3), 255, np.uint8)

@@ -95,6 +95,7 @@ class FitTarget:
     expression: torch.Tensor  # [N,E]
     frame_index: list[int] = field(default_factory=list)  # rows of the dataset manifest
     landmarks: torch.Tensor | None = None  # [N,L,2] face-mesh points in pixels of `image` (CSIM's FaceNet crop)
+    gaze: torch.Tensor | None = None  # [N,G] the frames' gaze, for a model with gaze conditioning (kept fixed)
 
     def __len__(self):
         return self.image.shape[0]
@@ -187,7 +188,8 @@ def targets_from_dataset(root: str, cfg, persons: list[str] | None = None, split
             person=p, image=img, mask=msk, c2w=ds.arrays["c2w"][rows].clone(),
             intrinsics=ds.arrays["intrinsics"][rows] * scale_k, identity=ds.arrays["identity"][rows].clone(),
             expression=ds.arrays["expression"][rows].clone(), frame_index=[ds.frames[j].index for j in rows],
-            landmarks=None if lm is None else lm[[ds.frames[j].index for j in rows]]))
+            landmarks=None if lm is None else lm[[ds.frames[j].index for j in rows]],
+            gaze=ds.arrays["gaze"][rows].clone() if cfg.gaze_dim and ds.gaze_dim == cfg.gaze_dim else None))
     return out
 
 
@@ -266,11 +268,14 @@ def image_metrics(pred, target, mask, vgg=None, embedder=None, landmarks=None) -
 
 
 @torch.no_grad()
-def render(model, z, beta, c2w, K, batch: int = 8, path: str = "fast") -> torch.Tensor:
+def render(model, z, beta, c2w, K, batch: int = 8, path: str = "fast", gaze=None) -> torch.Tensor:
+    """gaze [N,G] or None (a gaze model then renders the training set's mean gaze)."""
     model.eval()
     outs = []
     for i in range(0, z.shape[0], batch):
-        outs.append(model(z[i:i + batch], beta[i:i + batch], c2w[i:i + batch], K[i:i + batch], path=path)["image"].float())
+        g = None if gaze is None else gaze[i:i + batch]
+        outs.append(model(z[i:i + batch], beta[i:i + batch], c2w[i:i + batch], K[i:i + batch], path=path,
+                          gaze=g)["image"].float())
     return torch.cat(outs)
 
 
@@ -301,6 +306,7 @@ def fit_person(model, target: FitTarget, cfg: FitConfig | None = None, vgg=None,
     c2w0, K = target.c2w.to(dev), target.intrinsics.to(dev)
     z0 = target.identity.to(dev).mean(0, keepdim=True)
     beta0 = target.expression.to(dev)
+    gaze = target.gaze.to(dev) if (target.gaze is not None and model.cfg.gaze_dim) else None
     t0 = time.time()
 
     dz = torch.zeros_like(z0, requires_grad=True)
@@ -332,7 +338,7 @@ def fit_person(model, target: FitTarget, cfg: FitConfig | None = None, vgg=None,
                 sl = slice(i, i + cfg.batch)
                 n = img[sl].shape[0]
                 z, beta, c2w = (z0 + dz).expand(n, -1), beta0[sl] + db[sl], corrected_c2w(c2w0[sl], rot[sl], trans[sl])
-                out = net(z, beta, c2w, K[sl], path=cfg.path)["image"].float()
+                out = net(z, beta, c2w, K[sl], path=cfg.path, gaze=None if gaze is None else gaze[sl])["image"].float()
                 l2 = masked_mse(out, img[sl], msk[sl])
                 data = l2.sum() / N
                 if cfg.lambda_perceptual > 0:
@@ -354,7 +360,7 @@ def fit_person(model, target: FitTarget, cfg: FitConfig | None = None, vgg=None,
 
     # the encoder-only start
     with torch.no_grad():
-        render_init = render(model, z0.expand(N, -1), beta0, c2w0, K, cfg.batch, cfg.path)
+        render_init = render(model, z0.expand(N, -1), beta0, c2w0, K, cfg.batch, cfg.path, gaze)
     metrics_init = image_metrics(render_init, img, msk, metrics_vgg, csim_embedder, target.landmarks)
 
     history, best, best_obj, best_step, done, interrupted = [], snapshot(), math.inf, 0, 0, False
@@ -421,7 +427,7 @@ def fit_person(model, target: FitTarget, cfg: FitConfig | None = None, vgg=None,
             p.requires_grad_(f)
     with torch.no_grad():
         z, beta, c2w = (t.detach() for t in params())
-        render_fit = render(net, z.expand(N, -1), beta, c2w, K, cfg.batch, cfg.path)
+        render_fit = render(net, z.expand(N, -1), beta, c2w, K, cfg.batch, cfg.path, gaze)
     model.train(was_training)
     metrics_fit = image_metrics(render_fit, img, msk, metrics_vgg, csim_embedder, target.landmarks)
     return FitResult(person=target.person, identity=z.cpu(), expression=beta.cpu(), c2w=c2w.cpu(), intrinsics=K.cpu(),

