@@ -3,7 +3,7 @@
 # call of the device tool, well inside 8 minutes:
 #   run(command="bash benchmarks/device_check.sh", timeout_s=560)
 # It builds dgnerf._C against the machine's torch (<= 270 s), runs the CUDA tests (<= 100 s) and the
-# GPU benchmarks (<= 150 s; the CPU suite is CI's job), and leaves under $OUT: check.log (everything), info.json, tests.txt, bench.txt and the
+# GPU benchmarks (<= 150 s; the CPU suite is CI's job), then the variant probe (<= 120 s, benchmarks/gpu_probe.py), and leaves under $OUT: check.log (everything), info.json, tests.txt, bench.txt and the
 # benchmark JSON (cuda-*.json). The last lines printed are a short summary table.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -42,4 +42,6 @@ timeout 100 $PY -m pytest -q -m cuda tests -p no:cacheprovider -rfE 2>&1 | tee "
 stamp "GPU benchmarks"
 DGNERF_BENCH_DIR="$OUT" DGNERF_BENCH_DEVICES=cuda timeout 150 $PY -m pytest -q benchmarks -s -p no:cacheprovider 2>&1 \
   | tee "$OUT/bench.txt" | tail -40
+stamp "GPU variant probe (eager vs CUDA graph; MLP, renderer, frame)"
+timeout 120 $PY -m benchmarks.gpu_probe "$OUT/probe.json" 2>&1 | tee "$OUT/probe.txt" | tail -40
 stamp "done; files in \$OUT: $(ls "$OUT" | tr '\n' ' ')"

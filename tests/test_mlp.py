@@ -352,3 +352,50 @@ def test_cuda_matches_cpu_bf16():
     s_gpu, o_gpu = run_fused(mc, precision="bf16")
     assert rel_err(o_gpu.cpu(), o_cpu) <= 1e-2 and rel_err(s_gpu.cpu(), s_cpu) <= 1e-2
     assert HAS_CUDA
+
+
+@requires_cuda
+def test_cuda_pack_cache_follows_weight_updates():
+    # The packed weights are cached per weight tensors + version counters: an in-place update (what an
+    # optimizer step does) must repack, and a fresh model at a reused address must not hit a stale entry.
+    m = make_mlp(B=2, P=300, device="cuda")
+    with torch.no_grad():
+        s0, o0 = run_fused(m, precision="bf16")
+        s0b, o0b = run_fused(m, precision="bf16")  # second call: from the cache, bit-identical
+        assert torch.equal(s0, s0b) and torch.equal(o0, o0b)
+        for t in (m["lw"][3], m["rest"][2], m["lb"][2], m["rest"][5]):
+            t.mul_(1.5).add_(0.05)
+            s1, o1 = run_fused(m, precision="bf16")
+            sr, orf = run_twin(m, dtype=torch.float64)
+            assert rel_err(o1, orf) <= 1e-2 and rel_err(s1, sr) <= 1e-2
+            assert not torch.equal(o1, o0)
+            o0 = o1
+    for _ in range(6):  # more models than cache entries, each compared with its own twin
+        mm = make_mlp(B=1, P=200, device="cuda")
+        with torch.no_grad():
+            s, o = run_fused(mm, precision="fp16")
+            sr, orf = run_twin(mm, dtype=torch.float64)
+        assert rel_err(o, orf) <= 1e-2 and rel_err(s, sr) <= 1e-2
+
+
+@requires_cuda
+def test_cuda_fused_in_cuda_graph():
+    # Captured with a cold cache (packing inside the capture, not cached) and with a warm one.
+    m = make_mlp(B=2, P=300, device="cuda")
+    w = FieldWeights.from_unfolded(m["lw"], m["lb"], *m["rest"], dx=m["Dx"], skip=m["skip"])
+    with torch.no_grad():
+        cond0, cond_skip = fold_conditioning(w, m["z"], m["beta"])
+        ref_s, ref_o = field_mlp(m["x"], m["d"], cond0, cond_skip, w, precision="bf16")
+        for warm in (False, True):
+            if not warm:
+                m["lw"][1].add_(0.0)  # bumps the version: the capture packs again
+            s = torch.cuda.Stream()
+            s.wait_stream(torch.cuda.current_stream())
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.stream(s), torch.cuda.graph(g):
+                gs, go = field_mlp(m["x"], m["d"], cond0, cond_skip, w, precision="bf16")
+            torch.cuda.current_stream().wait_stream(s)
+            g.replay()
+            torch.cuda.synchronize()
+            assert torch.equal(gs, ref_s) and torch.equal(go, ref_o)
+            field_mlp(m["x"], m["d"], cond0, cond_skip, w, precision="bf16")  # fills the cache for the next round

@@ -188,11 +188,15 @@ def field_mlp(x_enc, d_enc, cond0, cond_skip, weights: FieldWeights, output="fea
                    weights.sigma_w, weights.sigma_b, weights.dir_w, weights.dir_b, weights.out_w, weights.out_b]
         save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
         c = lambda t: None if t is None else t.contiguous()  # noqa: E731
+        # Weights go to the CUDA kernel as they are (views of the nn.Linear weights): it converts them itself
+        # and caches the packed form keyed on these very tensors and their version counters, which a
+        # .contiguous() copy per call would defeat.
+        cw = (lambda t: t) if x_enc.device.type == "cuda" else c
         sigma, out, _ = torch.ops.dgnerf.field_mlp_forward(
-            x_enc.contiguous(), d_enc.contiguous(), cond0.contiguous(), c(cond_skip), weights.w0x.contiguous(),
-            [w.contiguous() for w in weights.hidden_w], [b.contiguous() for b in weights.hidden_b], c(weights.skip_wx),
-            weights.sigma_w.contiguous(), weights.sigma_b.contiguous(), weights.dir_w.contiguous(),
-            weights.dir_b.contiguous(), weights.out_w.contiguous(), weights.out_b.contiguous(),
+            x_enc.contiguous(), d_enc.contiguous(), cond0.contiguous(), c(cond_skip), cw(weights.w0x),
+            [cw(w) for w in weights.hidden_w], [cw(b) for b in weights.hidden_b], cw(weights.skip_wx),
+            cw(weights.sigma_w), cw(weights.sigma_b), cw(weights.dir_w),
+            cw(weights.dir_b), cw(weights.out_w), cw(weights.out_b),
             -1 if weights.skip is None else int(weights.skip), feature, PRECISIONS[precision], save,
         )
     if _common.checks_enabled() and not bool(torch.isfinite(sigma).all() & torch.isfinite(out).all()):
