@@ -44,4 +44,12 @@ DGNERF_BENCH_DIR="$OUT" DGNERF_BENCH_DEVICES=cuda timeout 150 $PY -m pytest -q b
   | tee "$OUT/bench.txt" | tail -40
 stamp "GPU variant probe (eager vs CUDA graph; MLP, renderer, frame)"
 timeout 120 $PY -m benchmarks.gpu_probe "$OUT/probe.json" 2>&1 | tee "$OUT/probe.txt" | tail -40
+if command -v ncu >/dev/null; then
+  stamp "Nsight Compute: one fused MLP launch (stall reasons, pipe use)"
+  timeout 90 ncu --kernel-name regex:field_mlp_fused --launch-skip 2 --launch-count 1 --section SpeedOfLight \
+    --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section WarpStateStats \
+    --section LaunchStats --section Occupancy --section InstructionStats $PY -m benchmarks.ncu_mlp \
+    > "$OUT/ncu.txt" 2>&1
+  tail -80 "$OUT/ncu.txt" | cut -c1-160
+fi
 stamp "done; files in \$OUT: $(ls "$OUT" | tr '\n' ' ')"

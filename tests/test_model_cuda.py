@@ -67,3 +67,22 @@ def test_cuda_graph_replays_the_frame():
         z2 = torch.randn_like(args[0])
         want2 = model(z2, *args[1:], path="fast", precision="bf16")["image"]
         assert psnr(graphed(z2, *args[1:])["image"], want2) >= 60
+
+
+@pytest.mark.parametrize("flags", [dict(skip_stride=4), dict(skip_stride=4, ert_threshold=1e-3),
+                                   dict(ert_threshold=1e-3, ert_chunk=8)])
+def test_cuda_skip_and_ert_match_cpu_and_dense(flags):
+    # Batched empty-space skipping / early termination on a GPU: same result as on the CPU, close to dense.
+    from dgnerf.model.prior import apply_head_prior
+
+    cfg = HeadConfig.tiny()
+    model, args = _setup(cfg, B=2)
+    apply_head_prior(model)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    with torch.no_grad():
+        dense = model(*args, path="fast")
+        approx = model(*args, path="fast", **flags)
+        cpu = model.cpu()(*[a.cpu() for a in args], path="fast", **flags)
+    assert psnr(approx["image"], dense["image"]) >= 35
+    assert rel_err(approx["feature_map"].cpu(), cpu["feature_map"]) < 1e-4

@@ -270,19 +270,18 @@ class HeadModel(nn.Module):
         return torch.cat(sig_chunks, dim=-1), torch.cat(hdir_chunks, dim=-2)
 
     def _field_skip(self, x_enc, d_enc, bias0, bias_skip, dir_bias, deltas, dtype, k, eps, ert_threshold):
-        """Empty-space skipping: density pass at every k-th sample, then the MLP only where occupied."""
+        """Empty-space skipping: density pass at every k-th sample, then the MLP only where occupied.
+
+        Both passes run on all images at once (one field call each; the occupied samples of each image are
+        packed to the front of a [B, Pmax] batch, padded with copies of its first one), so the cost does not
+        grow with per-image launches and host syncs: 3 syncs per batch instead of 2 per image.
+        """
         B, R, S = deltas.shape
         dev, base, P, dw = x_enc.device, deltas.dtype, x_enc.shape[-1], self.cfg.dir_width
-        cache = {}
         ci = torch.arange(k // 2, S, k, device=dev)
         Sc = ci.numel()
-        sig_c, hdir_c = [], []
-        for b in range(B):
-            s, hd = self._rows(x_enc[b][:, ci].reshape(-1, P), d_enc[b], b, bias0, bias_skip, dir_bias[b], cache, dtype,
-                               base, samples_per_ray=Sc)
-            sig_c.append(s.view(R, Sc))
-            hdir_c.append(hd.view(R, Sc, dw))
-        sig_c, hdir_c = torch.stack(sig_c), torch.stack(hdir_c)
+        sig_raw, hdir_c = fused.field_hidden(self.field, x_enc[:, :, ci], d_enc, bias0, bias_skip, dir_bias, dtype)
+        sig_c, hdir_c = self.density(sig_raw.to(base)), hdir_c.to(base)
         with torch.no_grad():
             # Fine sample i belongs to coarse cell j = min(i // k, Sc - 1); it is occupied when the densest of
             # cells j-1, j, j+1 would make it non-negligible (tau = sigma * delta > eps).
@@ -295,16 +294,29 @@ class HeadModel(nn.Module):
                 excl = torch.cumsum(tau, dim=-1) - tau
                 keep &= excl <= -float(torch.log(torch.tensor(ert_threshold, dtype=torch.float64)))
             keep[..., ci] = False  # the coarse samples are already evaluated
+            flat = keep.reshape(B, R * S)
+            counts = flat.sum(1)
+            p_max = int(counts.max())
         sigma = deltas.new_zeros((B, R, S)).index_copy(2, ci, sig_c)
         hdir = deltas.new_zeros((B, R, S, dw)).index_copy(2, ci, hdir_c)
-        for b in range(B):
-            r, s_idx = keep[b].nonzero(as_tuple=True)
-            if r.numel() == 0:
-                continue
-            s, hd = self._rows(x_enc[b, r, s_idx], d_enc[b, r], b, bias0, bias_skip, dir_bias[b, r], cache, dtype, base)
-            bb = torch.full_like(r, b)
-            sigma = sigma.index_put((bb, r, s_idx), s)
-            hdir = hdir.index_put((bb, r, s_idx), hd)
+        if p_max == 0:
+            return sigma, hdir
+        with torch.no_grad():
+            # Occupied samples first, in order (a stable sort of "not kept"), then padding.
+            order = torch.sort((~flat).to(torch.int8), dim=1, stable=True).indices[:, :p_max]
+            valid = torch.arange(p_max, device=dev)[None] < counts[:, None]
+            idx = torch.where(valid, order, order[:, :1])  # [B, Pmax] flat sample index r * S + s
+            ray = idx // S
+        x_f = x_enc.reshape(B, R * S, P).gather(1, idx[..., None].expand(B, p_max, P))
+        d_f = d_enc.gather(1, ray[..., None].expand(B, p_max, d_enc.shape[-1]))
+        db_f = dir_bias.gather(1, ray[..., None].expand(B, p_max, dir_bias.shape[-1]))
+        s_raw, hd = fused.field_hidden(self.field, x_f[:, :, None], d_f, bias0, bias_skip, db_f, dtype)
+        s_f, hd = self.density(s_raw[:, :, 0].to(base)), hd[:, :, 0].to(base)
+        with torch.no_grad():
+            bb, jj = valid.nonzero(as_tuple=True)
+            ii = idx[bb, jj]
+        sigma = sigma.reshape(B, R * S).index_put((bb, ii), s_f[bb, jj]).reshape(B, R, S)
+        hdir = hdir.reshape(B, R * S, dw).index_put((bb, ii), hd[bb, jj]).reshape(B, R, S, dw)
         return sigma, hdir
 
     # ------------------------------------------------------------------ CUDA graphs
