@@ -1,0 +1,89 @@
+"""`dgnerf realvideo DATA --out OUT`: the real-video check (dgnerf.apps.realvideo, docs/realvideo.md).
+
+Train one person on the first frames of a preprocessed video (default 0-99), render the frames that follow
+(default 100-119) from their tracked pose and expression, and write OUT/metrics.json, OUT/realvideo.md,
+OUT/heldout.png, OUT/train_frames.png and OUT/curve.png (masked L1/PSNR/SSIM/LPIPS)."""
+from __future__ import annotations
+
+import json
+
+
+def register(sub):
+    from dgnerf.apps.realvideo import REALVIDEO_MODEL, RealVideoConfig
+
+    d = RealVideoConfig(data="", out="")
+    p = sub.add_parser("realvideo", help="real-video check: train on a video's first frames, score the frames that follow",
+                       description="Train a single-person model on some frames of a preprocessed video (`dgnerf preprocess`), "
+                                   "render the held-out frames from their tracked pose and expression code, and report masked "
+                                   "L1/PSNR/SSIM/LPIPS (docs/realvideo.md). Stages are resumable: prepare OUT/data, train "
+                                   "OUT/run, evaluate.")
+    p.add_argument("data", help="a dataset made by `dgnerf preprocess VIDEO --out DATA`")
+    p.add_argument("--out", required=True, help="output directory: data/, run/, metrics.json, realvideo.md, heldout.png, ...")
+    p.add_argument("--person", default=None, help="person id (default: the dataset's only person)")
+    p.add_argument("--train-frames", default=d.train_frames, help=f"frame indices to train on (default {d.train_frames})")
+    p.add_argument("--test-frames", default=d.test_frames, help=f"held-out frame indices (default {d.test_frames})")
+    p.add_argument("--identity", choices=["mean", "frame"], default=d.identity,
+                   help="mean: every frame gets the training frames' mean identity code (default); frame: per-frame codes")
+    p.add_argument("--expression-components", type=int, default=d.expression_components, metavar="K",
+                   help=f"keep the first K expression components, zero the rest (0 = all; default {d.expression_components})")
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--lr-final", type=float, default=d.lr_final)
+    p.add_argument("--lambda-perceptual", type=float, default=d.lambda_perceptual, help="VGG16 loss weight (default 0)")
+    p.add_argument("--background-weight", type=float, default=d.background_weight,
+                   help="L2 weight outside the head mask (default 0: the real background is not modelled)")
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
+                   help="all these checkpoints are kept; the report traces held-out error over them")
+    p.add_argument("--model", type=json.loads, default=None,
+                   help=f"HeadConfig fields as JSON (default {json.dumps(REALVIDEO_MODEL)})")
+    p.add_argument("--max-minutes", type=float, default=None, help="stop training after this wall time (checkpointed)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", default=d.device, help="auto (default), cpu, cuda")
+    p.add_argument("--resume", action="store_true", help="continue the run in OUT/run (or just evaluate it when it is done)")
+    p.add_argument("--eval-only", action="store_true", help="score the latest checkpoint of OUT/run without training")
+    p.add_argument("--no-lpips", action="store_true", help="skip LPIPS (it needs the VGG16 weights in the cache)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+
+
+def config_from_args(args):
+    from dgnerf.apps.realvideo import REALVIDEO_MODEL, RealVideoConfig
+    from dgnerf.errors import DgnerfError
+
+    for name in ("steps", "batch_size", "checkpoint_every"):
+        if getattr(args, name) < 1:
+            raise DgnerfError(f"--{name.replace('_', '-')}: expected a positive integer, got {getattr(args, name)}")
+    if args.threads is not None and args.threads < 1:
+        raise DgnerfError(f"--threads: expected a positive integer, got {args.threads}")
+    if args.model is not None and not isinstance(args.model, dict):
+        raise DgnerfError(f"--model: expected a JSON object of HeadConfig fields, got {args.model!r}")
+    model = dict(REALVIDEO_MODEL)
+    model.update(args.model or {})
+    return RealVideoConfig(data=args.data, out=args.out, person=args.person, train_frames=args.train_frames,
+                           test_frames=args.test_frames, identity=args.identity,
+                           expression_components=args.expression_components, model=model, steps=args.steps,
+                           batch_size=args.batch_size, lr=args.lr, lr_final=args.lr_final,
+                           lambda_perceptual=args.lambda_perceptual, background_weight=args.background_weight,
+                           checkpoint_every=args.checkpoint_every, max_minutes=args.max_minutes, seed=args.seed,
+                           device=args.device, lpips=not args.no_lpips, progress=not args.no_progress)
+
+
+def run(args):
+    import torch
+
+    from dgnerf.apps.realvideo import run_check
+
+    cfg = config_from_args(args)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    rep = run_check(cfg, resume=args.resume, eval_only=args.eval_only)
+    m = rep["metrics"]
+    for k in ("heldout", "train"):
+        print(f"{k}: " + ", ".join(f"{n} {m[k][n]:.4g}" for n in ("l1", "psnr", "ssim", "lpips") if n in m[k]))
+    met = rep["target"]["met"]
+    print(f"target (held-out PSNR >= 26 dB, SSIM >= 0.92 at {rep['resolution']['image']} px): "
+          f"{'met' if all(met.values()) else 'not met'}")
+    print(f"wrote {args.out}/metrics.json, realvideo.md, heldout.png, train_frames.png" + (", curve.png" if rep["history"] else ""))
+    return 0
