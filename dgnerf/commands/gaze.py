@@ -33,9 +33,10 @@ def run(args):
                           f"expects {model.cfg.z_id_dim}-d / {model.cfg.beta_dim}-d")
     img, values = gaze_figure(model, ds, args.person, steps=args.steps, spread=args.spread, yaw=args.yaw, x=x, y=y)
     save_png(args.out, img)
-    print(f"wrote {args.out} ({img.shape[1]}x{img.shape[0]}: {args.person}, columns = horizontal gaze from "
-          f"{values[0, 0].tolist()} to {values[0, -1].tolist()} (image left -> right), rows = vertical from the top "
-          f"(up) to the bottom; +-{args.spread:g} std of the training gaze)")
+    fmt = lambda v: "[" + ", ".join(f"{x:.3g}" for x in v.tolist()) + "]"  # noqa: E731
+    print(f"wrote {args.out} ({img.shape[1]}x{img.shape[0]}: {args.person}; gaze top left {fmt(values[0, 0])}, top right "
+          f"{fmt(values[0, -1])}, bottom left {fmt(values[-1, 0])}: columns = horizontal gaze (image left -> right), "
+          f"rows = vertical (top = up), +-{args.spread:g} std of the training gaze)")
     return 0
 
 
