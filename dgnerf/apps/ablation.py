@@ -122,14 +122,22 @@ def train_like(checkpoint: str, dataset: str, out: str, steps: int | None = None
     tc = {k: v for k, v in tc.items() if k in known}
     tc.update(data=dataset, out=out, max_minutes=None, progress=False, tensorboard=False,
               checkpoint_every=max(n, 1), sample_every=max(n, 1))
-    trainer = Trainer(TrainConfig(**tc))
-    os.makedirs(out, exist_ok=True)
-    log(f"[eval] training the identity-ablation model on {dataset}: {n} steps like {checkpoint} "
-        f"(batch {tc['batch_size']}, lr {tc['lr']:g} -> {tc['lr_final']:g} over {tc['steps']} steps, seed {tc['seed']})")
-    last = {}
-    for step in tqdm(range(n), desc="training (identity ablation)", unit="step", disable=not progress, leave=False):
-        last = trainer.train_step(step)
-    path = trainer.save(n)
+    # A deterministic run switches torch's process-wide deterministic mode on: restore it afterwards.
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    was_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        trainer = Trainer(TrainConfig(**tc))
+        os.makedirs(out, exist_ok=True)
+        log(f"[eval] training the identity-ablation model on {dataset}: {n} steps like {checkpoint} "
+            f"(batch {tc['batch_size']}, lr {tc['lr']:g} -> {tc['lr_final']:g} over {tc['steps']} steps, "
+            f"seed {tc['seed']})")
+        last = {}
+        for step in tqdm(range(n), desc="training (identity ablation)", unit="step", disable=not progress,
+                         leave=False):
+            last = trainer.train_step(step)
+        path = trainer.save(n)
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic, warn_only=was_warn_only)
     log(f"[eval] identity-ablation model: {n} steps, last loss {last.get('loss', float('nan')):.4f} -> {path}")
     return path
 
