@@ -156,3 +156,11 @@ def test_several_persons_need_person(tmp_path, capsys):
     build_synthetic_dataset(root, size="tiny", seed=1, persons=2, frames_per_person=3, test_persons=0)
     assert main(_args(str(root), tmp_path / "o", "--train-frames", "0-1", "--test-frames", "2")) == 2
     assert "has 2 persons" in capsys.readouterr().err
+
+
+def test_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["realvideo", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "--train-frames" in out and "--test-frames" in out and "--eval-only" in out
