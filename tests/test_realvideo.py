@@ -164,3 +164,30 @@ def test_help(capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "--train-frames" in out and "--test-frames" in out and "--eval-only" in out
+
+
+def test_gaze_conditioned_model(video_set, tmp_path):
+    # the dataset's gaze features reach the model when it is gaze-conditioned (model option gaze_dim)
+    args = _args(video_set, tmp_path / "g", "--steps", "2", "--checkpoint-every", "2")
+    args[args.index("--model") + 1] = json.dumps({**TINY_MODEL, "gaze_dim": 2})
+    assert main(args) == 0
+    rep = json.loads((tmp_path / "g" / "metrics.json").read_text())
+    assert rep["model"]["gaze_dim"] == 2 and math.isfinite(rep["metrics"]["heldout"]["psnr"])
+    from dgnerf.apps.realvideo import render_split
+    from dgnerf.checkpoint import load_checkpoint
+    from dgnerf.data import HeadDataset
+    from dgnerf.train.trainer import FrameStore
+
+    model = load_checkpoint(os.path.join(rep["checkpoint"], "model.safetensors"))
+    store = FrameStore(HeadDataset(tmp_path / "g" / "data", split="test"), 32, 8, 1.0, progress=False)
+
+    class MovedGaze:  # the same frames with another gaze
+        def __len__(self):
+            return len(store)
+
+        def batch(self, idx, device):
+            b = store.batch(idx, device)
+            return {**b, "gaze": b["gaze"] + 0.5}
+
+    a, b = render_split(model, store, "cpu")["pred"], render_split(model, MovedGaze(), "cpu")["pred"]
+    assert (a - b).abs().max() > 1e-6

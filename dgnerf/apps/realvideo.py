@@ -292,7 +292,8 @@ def render_split(model, store, device, chunk: int = 8) -> dict:
     preds, imgs, masks = [], [], []
     for i in range(0, len(store), chunk):
         b = store.batch(list(range(i, min(len(store), i + chunk))), device)
-        out = model(b["identity"], b["expression"], b["c2w"], b["intrinsics"], path="fast")
+        extra = {"gaze": b["gaze"]} if getattr(model.cfg, "gaze_dim", 0) else {}  # optional gaze conditioning
+        out = model(b["identity"], b["expression"], b["c2w"], b["intrinsics"], path="fast", **extra)
         preds.append(out["image"].float().clamp(0, 1).cpu())
         imgs.append(b["image"].cpu())
         masks.append(b["mask"].cpu())
