@@ -174,6 +174,8 @@ def prepare(cfg: RealVideoConfig, log=print) -> dict:
         if not n > 0:
             raise DgnerfError("identity: the training frames' identity codes average to zero; use --identity frame")
         mean = mean / n * np.linalg.norm(ident[[rows[k] for k in train]], axis=1).mean()
+    if os.path.isfile(done):
+        os.remove(done)  # rewritten last: an interrupted prepare is never taken for a finished one
     gaze_dim = m.get("gaze_dim")
     meta = {"generator": "dgnerf realvideo", "realvideo": settings, "source_meta": m.get("meta", {})}
     from tqdm import tqdm
