@@ -127,3 +127,18 @@ def test_two_gloo_processes_equal_one_process(tiny_set, tmp_path):
     l1, l2 = read_losses(tmp_path / "one"), read_losses(tmp_path / "two")
     for s in l1:
         assert abs(l1[s] - l2[s]) <= 1e-5 * max(1.0, abs(l1[s])), (s, l1[s], l2[s])
+
+
+def test_loss_curve_draws_a_single_point(tmp_path):
+    # A series with one point (e.g. one evaluated checkpoint) must still be visible.
+    from PIL import Image
+
+    from dgnerf.train.plots import loss_curve_png
+
+    loss_curve_png(str(tmp_path / "a.png"), {"held-out": [(100, 0.05)]})
+    loss_curve_png(str(tmp_path / "b.png"), {"held-out": []})
+    a = Image.open(tmp_path / "a.png").convert("RGB")
+    b = Image.open(tmp_path / "b.png").convert("RGB")
+    # the series colour in the plot area (legend excluded) only where a marker or line was drawn
+    inside = lambda im: [px for px in im.crop((60, 60, 540, 380)).getdata() if px == (31, 119, 180)]  # noqa: E731
+    assert len(inside(a)) > 10 and len(inside(b)) == 0

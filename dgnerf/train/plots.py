@@ -74,5 +74,7 @@ def loss_curve_png(path: str, series: dict[str, list[tuple[int, float]]], title:
         line = [xy(s, v) for s, v in ser if v > 0 and math.isfinite(v)]
         if len(line) > 1:
             d.line(line, fill=c, width=2)
+        for x, y in line if len(line) <= 20 else []:  # markers where points are few (one point draws no line)
+            d.ellipse([x - 3, y - 3, x + 3, y + 3], outline=c, width=2)
         d.text((W - right - 150, top + 6 + 14 * i), name, fill=c)
     img.save(path)
