@@ -76,9 +76,13 @@ def run(args):
     from dgnerf.apps.realvideo import run_check
 
     cfg = config_from_args(args)
+    threads = torch.get_num_threads()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    rep = run_check(cfg, resume=args.resume, eval_only=args.eval_only)
+    try:
+        rep = run_check(cfg, resume=args.resume, eval_only=args.eval_only)
+    finally:
+        torch.set_num_threads(threads)  # in-process callers (tests, notebooks) keep their thread count
     m = rep["metrics"]
     for k in ("heldout", "train"):
         print(f"{k}: " + ", ".join(f"{n} {m[k][n]:.4g}" for n in ("l1", "psnr", "ssim", "lpips") if n in m[k]))
