@@ -149,7 +149,7 @@ def test_pipeline_accounts_for_every_frame_and_writes_a_valid_set(tmp_path):
 
 def test_pipeline_with_nothing_usable_is_a_clear_error(tmp_path):
     d = write_frames(tmp_path / "bad", n=3, bad=(0, 1, 2))
-    with pytest.raises(DgnerfError, match="no frame was kept"):
+    with pytest.raises(DgnerfError, match=r"no frame was kept from any input \(bad: unreadable x3\)"):
         run_fake([d], tmp_path / "out")
     with pytest.raises(DgnerfError, match="no usable input"):
         run_fake([tmp_path / "nope"], tmp_path / "out2")
@@ -171,6 +171,42 @@ def test_projection_into_an_existing_basis(tmp_path):
     assert s.kept == len(ea) and np.allclose(ea[:, :4], eb[:, :4], atol=1e-3)
     with pytest.raises(DgnerfError, match="expression-basis"):
         run_fake([clip], tmp_path / "c", expression_basis=str(tmp_path / "nowhere"))
+
+
+def test_projection_keeps_only_the_components_a_realvideo_model_saw(tmp_path):
+    """`dgnerf realvideo` trains on codes whose components K.. are 0; a new video projected into its set's basis
+    (dgnerf fit/drive on a raw video) must get 0 there as well, not values the model never saw."""
+    from safetensors import safe_open
+    from safetensors.numpy import load_file
+
+    from dgnerf.apps.realvideo import RealVideoConfig, prepare
+
+    clip = write_frames(tmp_path / "clip", bad=())
+    run_fake([clip], tmp_path / "a")
+    prepare(RealVideoConfig(data=str(tmp_path / "a"), out=str(tmp_path / "rv"), train_frames="0-4", test_frames="5-8",
+                            expression_components=3, progress=False), log=lambda *a: None)
+    rv = tmp_path / "rv" / "data"
+    with safe_open(str(rv / "expression_basis.safetensors"), "np") as f:
+        assert f.metadata()["components"] == "3"
+    full = load_file(str(tmp_path / "a" / "frames.safetensors"))["expression"]
+    for i, basis in enumerate((rv, rv / "expression_basis.safetensors")):
+        run_fake([clip], tmp_path / f"b{i}", expression_basis=str(basis))
+        e = load_file(str(tmp_path / f"b{i}" / "frames.safetensors"))["expression"]
+        assert np.all(e[:, 3:] == 0) and np.allclose(e[:, :3], full[:, :3], atol=1e-3)
+    # an older realvideo set (no `components` in the basis file): the manifest says it
+    (tmp_path / "old").mkdir()
+    for f in ("manifest.json", "frames.safetensors"):
+        (tmp_path / "old" / f).write_bytes((rv / f).read_bytes())
+    from safetensors.numpy import save_file
+
+    with safe_open(str(rv / "expression_basis.safetensors"), "np") as f:
+        meta = {k: v for k, v in f.metadata().items() if k != "components"}
+        save_file({k: f.get_tensor(k) for k in f.keys()}, str(tmp_path / "old" / "expression_basis.safetensors"), metadata=meta)
+    run_fake([clip], tmp_path / "b2", expression_basis=str(tmp_path / "old"))
+    assert np.all(load_file(str(tmp_path / "b2" / "frames.safetensors"))["expression"][:, 3:] == 0)
+    # a basis from dgnerf preprocess itself keeps every component
+    run_fake([clip], tmp_path / "b3", expression_basis=str(tmp_path / "a"))
+    assert np.abs(load_file(str(tmp_path / "b3" / "frames.safetensors"))["expression"][:, 3:]).max() > 0
 
 
 # ------------------------------------------------------------------------------------------ import

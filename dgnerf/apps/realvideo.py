@@ -204,7 +204,10 @@ def prepare(cfg: RealVideoConfig, log=print) -> dict:
 
             path = os.path.join(cfg.data, m["expression_basis"])
             with safe_open(path, "np") as f:
-                w.set_expression_basis({k: f.get_tensor(k) for k in f.keys()}, metadata=f.metadata() or {})
+                bmeta = dict(f.metadata() or {})
+                if K and K < E:  # the model sees only these; projecting a new video keeps them (preprocess._load_basis)
+                    bmeta["components"] = str(K)
+                w.set_expression_basis({k: f.get_tensor(k) for k in f.keys()}, metadata=bmeta)
     atomic_write_text(done, json.dumps(settings, indent=1))
     log(f"prepare: wrote {out}: {len(train)} train frames ({cfg.train_frames}), {len(test)} held-out ({cfg.test_frames}) "
         f"of {person!r}; identity {cfg.identity}, expression components {K or E}/{E}")

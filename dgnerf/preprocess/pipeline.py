@@ -200,13 +200,41 @@ def _weights(geometry: dict) -> np.ndarray:
     return w
 
 
+def _used_components(p: Path) -> int | None:
+    """How many leading expression components a model trained on this basis saw: the basis file's metadata
+    `components`, else the `meta.realvideo.expression_components` of the dataset it lies in (`dgnerf realvideo`
+    zeroes the others in its training set); None = all."""
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(p), "np") as f:
+            k = (f.metadata() or {}).get("components")
+        if k is not None:
+            return int(k)
+        man = p.parent / "manifest.json"
+        if man.is_file():
+            k = ((json.loads(man.read_text()).get("meta") or {}).get("realvideo") or {}).get("expression_components")
+            return None if k is None else int(k)
+    except Exception:  # noqa: BLE001 - unreadable files are reported by ExpressionBasis.load / the dataset check
+        return None
+    return None
+
+
 def _load_basis(path: str) -> ExpressionBasis:
+    """The basis to project new videos into. When the training set used only its first K components (a
+    `dgnerf realvideo` set), the projected codes keep those K and are 0 beyond, as in the training frames."""
     p = Path(path)
     if p.is_dir():
         p = p / "expression_basis.safetensors"
     if not p.is_file():
         raise DgnerfError(f"--expression-basis {path}: no such file (expected a dataset directory or an expression_basis.safetensors)")
-    return ExpressionBasis.load(p)
+    b = ExpressionBasis.load(p)
+    k = _used_components(p)
+    if k is not None and 0 < k < len(b.stddev):
+        b.stddev = b.stddev.copy()
+        b.stddev[k:] = 0.0  # _codes gives 0 where stddev is 0
+        b.rank = min(b.rank, k)
+    return b
 
 
 def track_source(src: Source, report: SourceReport, opts: Options, faces_fn, geometry, tqdm=None) -> list[Frame]:
@@ -404,7 +432,10 @@ def run(
             own_segmenter.close()
         if not all_frames:
             log(summary.format())
-            raise DgnerfError("no frame was kept from any input; nothing written (see the summary above)")
+            why = list(summary.problems) + [f"{r.name}: " + ", ".join(f"{k} x{v}" for k, v in r.dropped.items())
+                                            for r in summary.sources if r.dropped]
+            raise DgnerfError("no frame was kept from any input" + (f" ({'; '.join(why[:3])})" if why else "")
+                              + "; nothing written (see the summary above)")
 
         # ---- expression codes over the whole set
         shapes = {}
