@@ -191,3 +191,10 @@ def test_gaze_conditioned_model(video_set, tmp_path):
 
     a, b = render_split(model, store, "cpu")["pred"], render_split(model, MovedGaze(), "cpu")["pred"]
     assert (a - b).abs().max() > 1e-6
+    # dgnerf gaze on the prepared set: the preprocessor's gaze names are kept in meta.source_meta there
+    from dgnerf.apps.gaze import gaze_figure
+
+    ds = HeadDataset(tmp_path / "g" / "data")
+    ds.manifest["meta"]["source_meta"] = {"gaze_names": ["pitch", "yaw"]}
+    _, values = gaze_figure(model, ds, ds.persons[0], steps=3)
+    assert values[0, 0, 1] < values[0, -1, 1] and values[0, 0, 0] == values[0, -1, 0]  # columns move "yaw"

@@ -87,13 +87,15 @@ def gaze_grid(model, z, beta, c2w, intrinsics, values: torch.Tensor, batch: int 
 def gaze_figure(model, dataset, person: str, steps: int = 5, spread: float = 2.0, yaw: float = 0.0,
                 x=None, y=None, scale: int | None = None):
     """-> (uint8 [H,W,3] grid, values [steps, steps, G]): `person`'s mean identity at the set's mean expression,
-    seen by the dataset's typical camera turned by `yaw` degrees, over the gaze grid of gaze_values()."""
-    from dgnerf.apps.interp import person_codes
-    from dgnerf.camera import orbit_c2w
+    seen by the dataset's typical camera (its world's frontal view) turned by `yaw` degrees, over the gaze grid of
+    gaze_values()."""
+    from dgnerf.apps.interp import person_codes, view_c2w, world_frame
     from dgnerf.train.plots import grid, to_uint8
 
     cfg = model.cfg
-    names = (dataset.manifest.get("meta") or {}).get("gaze_names")
+    meta = dataset.manifest.get("meta") or {}
+    # a `dgnerf realvideo` set keeps the preprocessor's meta under source_meta
+    names = meta.get("gaze_names") or (meta.get("source_meta") or {}).get("gaze_names")
     xs, ys = gaze_axes(cfg, names, x, y)
     values = gaze_values(cfg, xs, ys, steps, spread)
     z, _, _, _ = person_codes(dataset, person)
@@ -102,7 +104,7 @@ def gaze_figure(model, dataset, person: str, steps: int = 5, spread: float = 2.0
     fx = float(dataset.arrays["intrinsics"][:, 0].median()) * cfg.feature_size / dataset.width
     c = cfg.feature_size / 2
     K = torch.tensor([fx, fx, c, c])
-    c2w = orbit_c2w(float(yaw), 0.0, 0.0, dist)
+    c2w = view_c2w(yaw, 0.0, dist, world_frame(dataset.arrays["c2w"]))
     imgs = gaze_grid(model, z, beta, c2w.reshape(4, 4), K, values)
     s = scale if scale is not None else max(1, 256 // cfg.image_size)
     return grid([to_uint8(im) for im in imgs], cols=steps, scale=s), values

@@ -2,6 +2,8 @@
 one end to the other (disentanglement: an identity row keeps the expression, and vice versa)."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -13,12 +15,43 @@ def slerp_norm(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tenso
     return z / z.norm(dim=-1, keepdim=True).clamp_min(1e-12) * target[:, None]
 
 
-@torch.no_grad()
-def interpolation_grid(model, z_a, z_b, beta_a, beta_b, yaws=(-25.0, 0.0, 25.0), steps: int = 7,
-                       distance: float | None = None, intrinsics=None, batch: int = 8) -> list[torch.Tensor]:
-    """Images [3,H,W] row by row (one row per yaw): codes go from (z_a, beta_a) to (z_b, beta_b)."""
+def world_frame(c2w: torch.Tensor) -> torch.Tensor:
+    """The axis-aligned rotation W [3,3] (a signed permutation, det +1) nearest to the mean orientation of a
+    dataset's cameras c2w [N,4,4]: the frame in which `orbit_c2w`'s frontal view (looking along +z, y down,
+    dgnerf.camera) is the dataset's. I for the built-in set; diag(1, -1, -1) for a preprocessed video (world =
+    MediaPipe's face frame, +y up, +z out of the face, the camera in front at +z)."""
+    import itertools
+
+    M = c2w[:, :3, :3].double().mean(0)
+    best, score = torch.eye(3, dtype=torch.float64), -math.inf
+    for perm in itertools.permutations(range(3)):
+        for signs in itertools.product((1.0, -1.0), repeat=3):
+            P = torch.zeros(3, 3, dtype=torch.float64)
+            for i in range(3):
+                P[i, perm[i]] = signs[i]
+            if torch.det(P) > 0 and float((P * M).sum()) > score:
+                best, score = P, float((P * M).sum())
+    return best.float()
+
+
+def view_c2w(yaw, pitch=0.0, distance: float = 4.0, world: torch.Tensor | None = None, device=None) -> torch.Tensor:
+    """orbit_c2w(yaw, pitch, 0, distance) [1,4,4] turned into a dataset's world (world_frame; None = the built-in
+    convention): yaw 0 is the dataset's frontal view, positive yaw shows more of the head's side on the image's left."""
     from dgnerf.camera import orbit_c2w
 
+    c2w = orbit_c2w(float(yaw), float(pitch), 0.0, distance, device=device)
+    if world is not None:
+        c2w = c2w.clone()
+        c2w[:, :3, :] = world.to(c2w) @ c2w[:, :3, :]
+    return c2w
+
+
+@torch.no_grad()
+def interpolation_grid(model, z_a, z_b, beta_a, beta_b, yaws=(-25.0, 0.0, 25.0), steps: int = 7,
+                       distance: float | None = None, intrinsics=None, batch: int = 8,
+                       world: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """Images [3,H,W] row by row (one row per yaw): codes go from (z_a, beta_a) to (z_b, beta_b).
+    world: the dataset's world_frame (None: the built-in convention)."""
     model.eval()
     dev = next(model.parameters()).device
     t = torch.linspace(0, 1, steps, device=dev)
@@ -28,7 +61,7 @@ def interpolation_grid(model, z_a, z_b, beta_a, beta_b, yaws=(-25.0, 0.0, 25.0),
     K = model.default_intrinsics(1, device=dev) if intrinsics is None else intrinsics.to(dev).reshape(1, 4)
     images = []
     for yaw in yaws:
-        c2w = orbit_c2w(float(yaw), 0.0, 0.0, dist, device=dev).expand(steps, 4, 4)
+        c2w = view_c2w(yaw, 0.0, dist, world, device=dev).expand(steps, 4, 4)
         for i in range(0, steps, batch):
             sl = slice(i, i + batch)
             n = zs[sl].shape[0]
@@ -54,7 +87,7 @@ def interpolation_figure(model, dataset, person_a: str, person_b: str, steps: in
                          scale: int | None = None):
     """One PNG-ready uint8 image: on top the identity grid (A -> B at the set's mean expression, one row per
     yaw), below the expression grid (A's identity between A's two most different expressions).
-    The camera is the dataset's typical one (median distance and focal)."""
+    The camera is the dataset's typical one (median distance and focal, its world's frontal view: world_frame)."""
     import numpy as np
 
     from dgnerf.train.plots import grid, to_uint8
@@ -67,12 +100,14 @@ def interpolation_figure(model, dataset, person_a: str, person_b: str, steps: in
     K = torch.tensor([[fx, fx, c, c]])
     beta_mean = dataset.arrays["expression"].mean(0)
     s = scale if scale is not None else max(1, 128 // model.cfg.image_size)
-    ident = interpolation_grid(model, za, zb, beta_mean, beta_mean, yaws=yaws, steps=steps, distance=dist, intrinsics=K)
+    W = world_frame(dataset.arrays["c2w"])
+    ident = interpolation_grid(model, za, zb, beta_mean, beta_mean, yaws=yaws, steps=steps, distance=dist, intrinsics=K,
+                               world=W)
     if Ea.shape[0] >= 2:
         i, j = divmod(int(torch.cdist(Ea, Ea).argmax()), Ea.shape[0])
     else:
         i, j = 0, 0
-    expr = interpolation_grid(model, za, za, Ea[i], Ea[j], yaws=yaws, steps=steps, distance=dist, intrinsics=K)
+    expr = interpolation_grid(model, za, za, Ea[i], Ea[j], yaws=yaws, steps=steps, distance=dist, intrinsics=K, world=W)
     top = grid([to_uint8(x) for x in ident], cols=steps, scale=s)
     bottom = grid([to_uint8(x) for x in expr], cols=steps, scale=s)
     sep = np.full((6, top.shape[1], 3), 255, np.uint8)
