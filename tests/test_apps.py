@@ -160,9 +160,32 @@ def test_interp_and_eval_write_pictures_and_tables(tiny_set, tiny_ckpt, tmp_path
     assert (out / "eval_overview.png").is_file() and (out / "eval_p0003.png").is_file()
 
 
+def test_interp_and_gaze_views_follow_the_datasets_world(tiny_set):
+    # interp/gaze orbit about the dataset's frontal view: the built-in set's world is orbit_c2w's own, a
+    # preprocessed video's (MediaPipe's face frame: +y up, +z out of the face) is turned by diag(1, -1, -1)
+    # (before: carphone's grids showed the back of the head, upside down)
+    import torch
+
+    from dgnerf.apps.interp import view_c2w, world_frame
+    from dgnerf.camera import orbit_c2w
+    from dgnerf.data import HeadDataset
+
+    c2w = HeadDataset(tiny_set, check="none").arrays["c2w"]
+    assert torch.equal(world_frame(c2w), torch.eye(3))
+    assert torch.equal(view_c2w(20, 5, 4.0, world_frame(c2w)), orbit_c2w(20.0, 5.0, 0.0, 4.0))
+    W = torch.diag(torch.tensor([1.0, -1.0, -1.0]))
+    video = c2w.clone()
+    video[:, :3, :] = W @ c2w[:, :3, :]
+    assert torch.equal(world_frame(video), W)
+    v = view_c2w(0, 0, 5.0, world_frame(video))
+    assert torch.allclose(v[0, :3, :3], W) and torch.allclose(v[0, :3, 3], torch.tensor([0.0, 0.0, 5.0]))
+    # the same view of the head in either world
+    assert torch.allclose(view_c2w(25, 0, 5.0, W)[0, :3, :], W @ orbit_c2w(25.0, 0.0, 0.0, 5.0)[0, :3, :])
+
+
 @pytest.mark.parametrize("argv,expect", [
     (["fit", "{root}/nope", "--out", "{tmp}/o"], "no such file or directory"),
-    (["fit", "{root}:nobody", "--out", "{tmp}/o"], "no person ['nobody']"),
+    (["fit", "{root}:nobody", "--out", "{tmp}/o"], "source {root}: no person ['nobody']"),
     (["fit", "{root}", "--out", "{tmp}/o", "--iters", "-1"], "--iters: expected an integer >= 0"),
     (["fit", "{root}", "--out", "{tmp}/o", "--split", "val"], "--split 'val'"),
     (["fit", "{tmp}/clip.mp4", "--out", "{tmp}/o"], "raw video/image folder"),
@@ -170,7 +193,9 @@ def test_interp_and_eval_write_pictures_and_tables(tiny_set, tiny_ckpt, tmp_path
     (["drive", "--target", "{root}", "--driver", "{root}:p0003", "--out", "{tmp}/d.mp4"], "pick one with DATASET:PERSON"),
     (["drive", "--target", "{tmp}/bad.txt", "--driver", "{root}:p0003", "--out", "{tmp}/d.mp4"], "holds 3 numbers, expected 512"),
     (["drive", "--target", "{root}:p0000", "--driver", "{root}", "--out", "{tmp}/d.mp4"], "pick one with DATASET:PERSON"),
-    (["interp", "--dataset", "{root}", "--person-a", "p0000", "--person-b", "zz", "--out", "{tmp}/g.png"], "person 'zz' is not in"),
+    (["interp", "--dataset", "{root}", "--person-a", "p0000", "--person-b", "zz", "--out", "{tmp}/g.png"], "--person-b 'zz': not a person of"),
+    (["gaze", "--dataset", "{root}", "--person", "zz", "--out", "{tmp}/g.png"], "--person 'zz': not a person of"),
+    (["gaze", "--dataset", "{root}", "--person", "p0000", "--out", "{tmp}/g.png"], "--checkpoint: this model has no gaze"),
     (["eval", "--dataset", "{root}", "--out", "{tmp}/e", "--split", "val"], "--split 'val'"),
     (["eval", "--dataset", "{tmp}", "--out", "{tmp}/e"], "not a dgnerf dataset"),
 ])
@@ -178,12 +203,28 @@ def test_bad_inputs_give_one_line_errors(tiny_set, tiny_ckpt, tmp_path, capsys, 
     (tmp_path / "clip.mp4").write_bytes(b"not a video")
     (tmp_path / "bad.txt").write_text("1 2 3")
     args = [a.format(root=tiny_set, tmp=tmp_path) for a in argv] + ["--checkpoint", tiny_ckpt]
+    expect = expect.format(root=tiny_set, tmp=tmp_path)
     if args[0] in ("fit", "eval"):
         args.append("--no-progress")
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
     assert expect in err, err
+
+
+@pytest.mark.parametrize("cmd", ["fit", "drive", "interp", "eval", "gaze"])
+def test_a_bad_checkpoint_is_named(tiny_set, tmp_path, capsys, cmd):
+    (tmp_path / "junk.safetensors").write_bytes(b"junk")
+    args = {"fit": [f"{tiny_set}:p0003", "--out", str(tmp_path / "o"), "--no-progress"],
+            "drive": ["--target", f"{tiny_set}:p0000", "--driver", f"{tiny_set}:p0003", "--out", str(tmp_path / "d.mp4")],
+            "interp": ["--dataset", tiny_set, "--person-a", "p0000", "--person-b", "p0001", "--out", str(tmp_path / "g.png")],
+            "eval": ["--dataset", tiny_set, "--out", str(tmp_path / "e"), "--no-progress"],
+            "gaze": ["--dataset", tiny_set, "--person", "p0000", "--out", str(tmp_path / "g.png")]}[cmd]
+    for ckpt, expect in ((tmp_path / "nope", "does not exist"), (tmp_path / "junk.safetensors", "not a safetensors file"),
+                         (tiny_set, "has no model.safetensors")):
+        assert main([cmd, *args, "--checkpoint", str(ckpt)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"dgnerf {cmd}: error: --checkpoint: " in err and expect in err, err
 
 
 def test_raw_video_without_the_preprocess_extra_says_how_to_get_it(tiny_set, tiny_ckpt, tmp_path, capsys):
@@ -202,6 +243,8 @@ def test_raw_video_without_the_preprocess_extra_says_how_to_get_it(tiny_set, tin
         assert main(argv + out) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "needs the preprocess extra" in err and "docs/preprocess.md" in err, err
+        flag = "source" if argv[0] == "fit" else argv[argv.index(str(tmp_path / "clip.mp4")) - 1]
+        assert err.startswith(f"dgnerf {argv[0]}: error: {flag} "), err
 
 
 def test_perceptual_fit_and_finetune_leave_the_model_untouched(model, heldout):

@@ -229,7 +229,7 @@ def test_gaze_command_writes_the_grid(gaze_ckpt, separated_set, tmp_path, capsys
     (["--x-dims", "0"], "give both"),
     (["--x-dims", "a", "--y-dims", "1"], "--x-dims: expected comma-separated component indices"),
     (["--steps", "1"], "--steps: expected an integer >= 2"),
-    (["--person", "nobody"], "person 'nobody' is not in"),
+    (["--person", "nobody"], "--person 'nobody': not a person of"),
 ])
 def test_gaze_command_bad_input(gaze_ckpt, separated_set, tmp_path, capsys, extra, expect):
     args = ["gaze", "--checkpoint", gaze_ckpt, "--dataset", separated_set, "--person", "p0001", "--out",

@@ -94,7 +94,7 @@ def target_identity(spec: str, cfg) -> tuple[torch.Tensor, str]:
 
         with tempfile.TemporaryDirectory(prefix="dgnerf-target-") as td:
             pre = preprocess_inputs([root], os.path.join(td, "target"), None, resolution=max(64, cfg.image_size),
-                                    require_basis=False)
+                                    require_basis=False, what="--target")
             ds = HeadDataset(pre, check="none")
             return ds.arrays["identity"].mean(0, keepdim=True), f"{root} (encoder)"
     return load_identity(root, cfg.z_id_dim), root

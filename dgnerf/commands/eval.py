@@ -66,7 +66,7 @@ def identity_variant(args, device):
         ckpt = os.path.join(ckpt, "model.safetensors")
     else:
         ckpt = args.ablation_identity_checkpoint
-    model = load_model(ckpt, str(device))
+    model = load_model(ckpt, str(device), flag="--ablation-identity-" + ("train" if args.ablation_identity_train else "checkpoint"))
     from dgnerf.apps.evaluate import _train_steps
 
     return IdentityVariant(identity_kind(d2), model, d2, os.path.abspath(ckpt), _train_steps(ckpt))

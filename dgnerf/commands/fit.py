@@ -45,7 +45,8 @@ def fit_config(args):
                      batch=args.batch).check()
 
 
-def load_model(checkpoint: str, device: str | None):
+def load_model(checkpoint: str, device: str | None, flag: str = "--checkpoint"):
+    """The head model of a checkpoint; its problems (missing, not a checkpoint, corrupted) name `flag`."""
     import torch
 
     from dgnerf.checkpoint import load_checkpoint
@@ -54,8 +55,11 @@ def load_model(checkpoint: str, device: str | None):
     if dev.startswith("cuda") and not torch.cuda.is_available():
         raise DgnerfError("--device cuda: no CUDA GPU is available (torch.cuda.is_available() is False)")
     if not checkpoint:
-        raise DgnerfError("--checkpoint: required (a head checkpoint, e.g. RUN/checkpoints/step_XXXXXXXX)")
-    return load_checkpoint(checkpoint, device=dev)
+        raise DgnerfError(f"{flag}: required (a head checkpoint, e.g. RUN/checkpoints/step_XXXXXXXX)")
+    try:
+        return load_checkpoint(checkpoint, device=dev)
+    except DgnerfError as e:
+        raise DgnerfError(f"{flag}: {e}") from None
 
 
 def vggs(args, need_perceptual: bool, log=print):
@@ -100,14 +104,14 @@ def _resolve_source(args, cfg, workdir: str):
                           max_frames=args.max_frames)
         return targets_from_dataset(pre, cfg, max_frames=args.max_frames, what="preprocessed input"), pre
     if person is not None:
-        return targets_from_dataset(root, cfg, persons=[person], max_frames=args.max_frames), root
+        return targets_from_dataset(root, cfg, persons=[person], max_frames=args.max_frames, what="source"), root
     splits = sorted(set(HeadDataset(root, check="none").person_splits.values()))
     split = args.split
     if split is None:
         split = "test" if "test" in splits else None
     if split is not None and split not in splits:
         raise DgnerfError(f"--split {split!r}: the dataset {root} has splits {splits}")
-    return targets_from_dataset(root, cfg, split=split, max_frames=args.max_frames), root
+    return targets_from_dataset(root, cfg, split=split, max_frames=args.max_frames, what="source"), root
 
 
 def run(args):

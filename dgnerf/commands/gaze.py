@@ -31,6 +31,9 @@ def run(args):
     if ds.identity_dim != model.cfg.z_id_dim or ds.expression_dim != model.cfg.beta_dim:
         raise DgnerfError(f"--dataset {args.dataset}: codes are {ds.identity_dim}-d / {ds.expression_dim}-d, the checkpoint "
                           f"expects {model.cfg.z_id_dim}-d / {model.cfg.beta_dim}-d")
+    if args.person not in ds.persons:
+        raise DgnerfError(f"--person {args.person!r}: not a person of {args.dataset} (it has {ds.persons[:12]}"
+                          f"{'...' if len(ds.persons) > 12 else ''})")
     img, values = gaze_figure(model, ds, args.person, steps=args.steps, spread=args.spread, yaw=args.yaw, x=x, y=y)
     save_png(args.out, img)
     fmt = lambda v: "[" + ", ".join(f"{x:.3g}" for x in v.tolist()) + "]"  # noqa: E731

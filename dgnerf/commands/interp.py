@@ -27,6 +27,11 @@ def run(args):
     if ds.identity_dim != model.cfg.z_id_dim or ds.expression_dim != model.cfg.beta_dim:
         raise DgnerfError(f"--dataset {args.dataset}: codes are {ds.identity_dim}-d / {ds.expression_dim}-d, the checkpoint "
                           f"expects {model.cfg.z_id_dim}-d / {model.cfg.beta_dim}-d")
+    for flag, person in (("--person-a", args.person_a), ("--person-b", args.person_b)):
+        if person not in ds.persons:
+            have = ds.persons
+            raise DgnerfError(f"{flag} {person!r}: not a person of {args.dataset} (it has {have[:12]}"
+                              f"{'...' if len(have) > 12 else ''})")
     img = interpolation_figure(model, ds, args.person_a, args.person_b, steps=args.steps, yaws=yaws)
     save_png(args.out, img)
     print(f"wrote {args.out} ({img.shape[1]}x{img.shape[0]}: identity {args.person_a} -> {args.person_b} on top, "
