@@ -123,7 +123,12 @@ def make_outputs(run_dir: str, data_dir: str, out_dir: str, log=print) -> dict:
     else:
         i, j = divmod(int(torch.cdist(E, E).argmax()), E.shape[0])
     imgs = interpolation_grid(model, z0, z0, E[i], E[j], yaws=(-20.0, 0.0, 20.0), distance=dist, intrinsics=K1)
-    save_png(os.path.join(out_dir, "expression_interpolation.png"), grid([to_uint8(x) for x in imgs], cols=7, scale=scale))
+    # A fourth row makes small changes visible: |frontal render - its first column| x 4 (black = no change).
+    front = imgs[7:14]
+    diff = [((x - front[0]).abs() * 4).clamp(0, 1) for x in front]
+    results["expression_max_change"] = round(float(max(float(d.max()) for d in diff) / 4), 4)
+    save_png(os.path.join(out_dir, "expression_interpolation.png"),
+             grid([to_uint8(x) for x in imgs + diff], cols=7, scale=scale))
 
     # 5. loss curve
     series = {}
