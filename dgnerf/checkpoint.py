@@ -171,11 +171,27 @@ def load_checkpoint(path, device="cpu"):
     """Build the HeadModel of the checkpoint's config, load and check its weights -> model (eval mode)."""
     from dgnerf.model.head import HeadModel
 
-    cfg, state, _ = read_checkpoint(path)
+    cfg, state, meta = read_checkpoint(path)
     model = HeadModel(cfg)
     check_state_dict(model, state, source=f"checkpoint {os.fspath(path)!r}")
     model.load_state_dict(state, strict=True)
+    model.world_frame = world_frame_of(meta)
     return model.to(device).eval()
+
+
+def world_frame_of(meta: dict):
+    """The training data's world frame W [3,3] recorded by the trainer (dgnerf.apps.interp.world_frame: I for
+    the built-in set, diag(1,-1,-1) for a preprocessed video), or None when the checkpoint has none."""
+    text = meta.get("world_frame")
+    if not text:
+        return None
+    try:
+        W = torch.tensor(json.loads(text), dtype=torch.float32)
+    except (ValueError, TypeError):
+        return None
+    if W.shape != (3, 3) or not torch.isfinite(W).all():
+        return None
+    return W
 
 
 def init_checkpoint(path, cfg=None, seed: int = 0, head_prior: bool = True) -> str:

@@ -60,6 +60,7 @@ def test_training_reduces_loss_and_writes_outputs(tiny_set, tmp_path):
 
     model = load_checkpoint(os.path.join(res["checkpoint"], "model.safetensors"))
     assert model.cfg.feature_size == 8 and model.cfg.z_id_dim == 512
+    assert torch.equal(model.world_frame, torch.eye(3))  # the built-in set's world, recorded by the trainer
 
 
 def test_resume_after_sigkill_matches_uninterrupted_run(tiny_set, tmp_path):

@@ -146,9 +146,16 @@ def render_frames(model, device, z, beta, yaws, pitches, rolls, args, progress=F
         from tqdm import tqdm
 
         items = tqdm(items, desc="rendering", unit="frame")
+    # The training data's world frame when the checkpoint records it (the trainer does): yaw 0 is then the
+    # data's frontal view for every convention (a preprocessed video's world is upside down and behind
+    # relative to the built-in set's).
+    world = getattr(model, "world_frame", None)
     with torch.no_grad():
         for yaw, pitch, roll in items:
             c2w = orbit_c2w(float(yaw), float(pitch), float(roll), dist, device=device)
+            if world is not None:
+                c2w = c2w.clone()
+                c2w[:, :3, :] = world.to(c2w) @ c2w[:, :3, :]
             out = model(z, beta, c2w, path=args.path, **flags)
             img = out["image"][0]
             if aux is not None:
