@@ -2,6 +2,8 @@
 the approximate flags stay close; input errors name the argument."""
 import math
 
+import json
+
 import pytest
 import torch
 
@@ -248,3 +250,22 @@ def test_phase_conv_equals_upsample_conv():
     r = NeuralRenderer(12, (8, 4)).double()
     f = torch.randn(1, 12, 4, 4, dtype=torch.float64)
     assert rel_err(r(f, fast=True), r(f)) < 1e-12
+
+
+def test_code_gains_scale_the_codes_and_stay_out_of_default_configs():
+    # identity_gain / expression_gain multiply the codes before the MLP (both paths); 1 = the paper's raw codes
+    # and is left out of the config JSON, so existing checkpoints are unchanged.
+    cfg = HeadConfig.tiny()
+    assert "identity_gain" not in cfg.to_dict() and "expression_gain" not in cfg.to_dict()
+    torch.manual_seed(0)
+    plain = HeadModel(cfg)
+    gained = HeadModel(HeadConfig.from_json(json.dumps(dict(cfg.to_dict(), identity_gain=3.0, expression_gain=0.5))))
+    gained.load_state_dict(plain.state_dict())
+    z, beta, c2w, K = _inputs(cfg)
+    for path in ("fast", "reference"):
+        a = gained(z, beta, c2w, K, path=path)["image"]
+        b = plain(z * 3.0, beta * 0.5, c2w, K, path=path)["image"]
+        assert rel_err(a, b) < 1e-6
+    assert HeadConfig.from_json(gained.cfg.to_json()).identity_gain == 3.0
+    with pytest.raises(Exception, match="expression_gain"):
+        HeadConfig.from_json(json.dumps(dict(cfg.to_dict(), expression_gain=0.0)))

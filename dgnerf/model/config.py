@@ -55,6 +55,12 @@ class HeadConfig:
     gaze_dim: int = 0
     gaze_mean: tuple = ()
     gaze_std: tuple = ()
+    # Gains on the codes before they enter the MLP (beyond the paper; 1 = the paper's raw codes). A unit-norm
+    # 512-d identity has per-dimension spread ~0.04 and a 46-d expression code ~0.13, against ~0.7 for gamma(x),
+    # so at the default initialisation they carry a few percent of the first layer's input variance and a short
+    # training run learns to use them late. Left out of to_dict() when 1 (existing configs unchanged).
+    identity_gain: float = 1.0
+    expression_gain: float = 1.0
 
     def __post_init__(self):
         self.renderer_channels = tuple(int(c) for c in self.renderer_channels)
@@ -120,6 +126,10 @@ class HeadConfig:
             need(isinstance(v, tuple) and len(v) in (0, self.gaze_dim) and all(math.isfinite(x) for x in v), name,
                  f"an empty list or {self.gaze_dim} finite numbers (gaze_dim)")
         need(all(x > 0 for x in self.gaze_std), "gaze_std", "positive numbers")
+        for name in ("identity_gain", "expression_gain"):
+            v = getattr(self, name)
+            need(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0, name,
+                 "a finite number > 0 (1 = the paper's raw codes)")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -129,6 +139,9 @@ class HeadConfig:
                 del d[k]
         else:
             d["gaze_mean"], d["gaze_std"] = list(self.gaze_mean), list(self.gaze_std)
+        for k in ("identity_gain", "expression_gain"):
+            if d[k] == 1.0:
+                del d[k]
         return d
 
     def to_json(self) -> str:

@@ -147,6 +147,10 @@ class HeadModel(nn.Module):
             intrinsics = self.default_intrinsics(z_id.shape[0] if isinstance(z_id, torch.Tensor) else 1,
                                                  device=self.background.device, dtype=self.background.dtype)
         B = self._check_inputs(z_id, beta, c2w, intrinsics)
+        if self.cfg.identity_gain != 1.0:
+            z_id = z_id * self.cfg.identity_gain
+        if self.cfg.expression_gain != 1.0:
+            beta = beta * self.cfg.expression_gain
         beta = self.field.gaze_condition(beta, gaze)  # [beta, gaze code] when cfg.gaze_dim > 0 (optional conditioning)
         if not (0.0 <= ert_threshold < 1.0):
             raise ValueError(f"HeadModel: argument 'ert_threshold' expected a number in [0, 1), got {ert_threshold!r}")
