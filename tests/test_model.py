@@ -1,8 +1,7 @@
 """HeadModel: the fast path equals the reference path (values and gradients) on the same weights;
 the approximate flags stay close; input errors name the argument."""
-import math
-
 import json
+import math
 
 import pytest
 import torch
