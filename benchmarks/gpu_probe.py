@@ -18,10 +18,10 @@ import sys
 import torch
 
 from benchmarks.harness import device_name, time_ms
-from benchmarks.test_bench_mlp import CFG, build, folded_flops
+from benchmarks.test_bench_mlp import CFG, build, folded, folded_flops
 from dgnerf.model import HeadConfig, HeadModel
 from dgnerf.ops import _common
-from dgnerf.ops.mlp import FieldWeights, field_mlp, fold_conditioning
+from dgnerf.ops.mlp import field_mlp
 from dgnerf.ops.reference import field_mlp_reference
 
 ROWS: list[dict] = []
@@ -69,8 +69,7 @@ def probe_mlp():
     for n in (65536, 2097152):
         B = n // 65536
         x, d, z, beta, lw, lb, rest = build("cuda", B=B, n=n)
-        w = FieldWeights.from_unfolded(lw, lb, *rest, dx=CFG["Dx"], skip=CFG["skip"])
-        cond0, cond_skip = fold_conditioning(w, z, beta)
+        w, cond0, cond_skip = folded(lw, lb, rest, z, beta)
         flops = folded_flops(CFG, n)
         for prec, dt in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
             lo = lambda t: t.to(dt)  # noqa: E731

@@ -5,16 +5,15 @@ profiles the third launch (after two warm-ups) when `ncu` exists on the GPU mach
 """
 import torch
 
-from benchmarks.test_bench_mlp import CFG, build
+from benchmarks.test_bench_mlp import build, folded
 from dgnerf.ops import _common
-from dgnerf.ops.mlp import FieldWeights, field_mlp, fold_conditioning
+from dgnerf.ops.mlp import field_mlp
 
 if __name__ == "__main__":
     _common.set_checks(False)
     x, d, z, beta, lw, lb, rest = build("cuda")
-    w = FieldWeights.from_unfolded(lw, lb, *rest, dx=CFG["Dx"], skip=CFG["skip"])
     with torch.no_grad():
-        cond0, cond_skip = fold_conditioning(w, z, beta)
+        w, cond0, cond_skip = folded(lw, lb, rest, z, beta)
         for _ in range(3):
             field_mlp(x, d, cond0, cond_skip, w, output="hidden", precision="bf16")
     torch.cuda.synchronize()

@@ -48,6 +48,12 @@ def build(device, dtype=torch.float32, B=1, n=N_POINTS):
     return x, d, z, beta, lw, lb, rest
 
 
+def folded(lw, lb, rest, z, beta):
+    """(FieldWeights, cond0, cond_skip) of build()'s unfolded parameters: what dgnerf.ops.field_mlp takes."""
+    w = FieldWeights.from_unfolded(lw, lb, *rest, dx=CFG["Dx"], skip=CFG["skip"])
+    return (w, *fold_conditioning(w, z, beta))
+
+
 def rel(a, b):
     a, b = a.detach().double(), b.detach().double()
     return float((a - b).norm() / b.norm())
@@ -57,11 +63,10 @@ def rel(a, b):
 def test_bench_field_mlp_cpu():
     c = CFG
     x, d, z, beta, lw, lb, rest = build("cpu")
-    w = FieldWeights.from_unfolded(lw, lb, *rest, dx=c["Dx"], skip=c["skip"])
     _common.set_checks(False)
     try:
         with torch.no_grad():
-            cond0, cond_skip = fold_conditioning(w, z, beta)
+            w, cond0, cond_skip = folded(lw, lb, rest, z, beta)
             twin = lambda: field_mlp_reference(x, d, z, beta, lw, lb, *rest, skip=c["skip"])  # noqa: E731
             fused = {p: (lambda p=p: field_mlp(x, d, cond0, cond_skip, w, precision=p)) for p in ("fp32", "bf16")}
             s_ref, f_ref = twin()
@@ -101,8 +106,7 @@ def test_bench_field_mlp_cpu_train():
         return torch.autograd.grad(s.sum() + f.sum(), params)
 
     def fused(prec):
-        w = FieldWeights.from_unfolded(lw, lb, *rest, dx=c["Dx"], skip=c["skip"])
-        cond0, cond_skip = fold_conditioning(w, z, beta)
+        w, cond0, cond_skip = folded(lw, lb, rest, z, beta)
         s, f = field_mlp(x, d, cond0, cond_skip, w, precision=prec)
         return torch.autograd.grad(s.sum() + f.sum(), params)
 
@@ -133,11 +137,10 @@ def test_bench_field_mlp_cuda(prec):
     c = CFG
     dtype = torch.bfloat16 if prec == "bf16" else torch.float16
     x, d, z, beta, lw, lb, rest = build("cuda")
-    w = FieldWeights.from_unfolded(lw, lb, *rest, dx=c["Dx"], skip=c["skip"])
     _common.set_checks(False)
     try:
         with torch.no_grad():
-            cond0, cond_skip = fold_conditioning(w, z, beta)
+            w, cond0, cond_skip = folded(lw, lb, rest, z, beta)
             s64, f64 = field_mlp_reference(x.double(), d.double(), z.double(), beta.double(), [t.double() for t in lw],
                                            [t.double() for t in lb], *[t.double() for t in rest], skip=c["skip"])
             lo = lambda t: t.to(dtype)  # noqa: E731

@@ -397,7 +397,7 @@ struct Plan {
   std::vector<LayerDesc> layers;
   std::vector<at::Tensor> keep;  // packed fragments and biases the descriptors point into
   int skip_layer = -1;           // layer whose bias is cond_skip (layer 0's is cond0)
-  int MT = 8, stages = 8;
+  int MT = 8;  // row tiles per warp; the weight ring is as deep (8 or 4 stages), see stage_bytes
   int64_t smem_bytes = 0, stage_off = 0, off_x = 0, off_d = 0, ldx = 0, ldd = 0, DXP = 0, DDP = 0;
 };
 
@@ -441,7 +441,6 @@ Plan build_plan(const MlpDims& m, int dev, at::ScalarType ct, const at::Tensor& 
   const int64_t off_x = 0, off_d = off_x + BM * ldx, off_h0 = off_d + BM * ldd,
                 off_h1 = inplace ? off_h0 : off_h0 + BM * ldh, off_hd = off_h1 + BM * ldh;
   plan.MT = MT;
-  plan.stages = stages;
   plan.smem_bytes = smem_bytes;
   plan.stage_off = round_up((off_hd + BM * ldhd) * 2, 16);
   plan.off_x = off_x;

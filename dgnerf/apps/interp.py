@@ -34,12 +34,13 @@ def world_frame(c2w: torch.Tensor) -> torch.Tensor:
     return best.float()
 
 
-def view_c2w(yaw, pitch=0.0, distance: float = 4.0, world: torch.Tensor | None = None, device=None) -> torch.Tensor:
-    """orbit_c2w(yaw, pitch, 0, distance) [1,4,4] turned into a dataset's world (world_frame; None = the built-in
+def view_c2w(yaw, pitch=0.0, distance: float = 4.0, world: torch.Tensor | None = None, device=None,
+             roll=0.0) -> torch.Tensor:
+    """orbit_c2w(yaw, pitch, roll, distance) [1,4,4] turned into a dataset's world (world_frame; None = the built-in
     convention): yaw 0 is the dataset's frontal view, positive yaw shows more of the head's side on the image's left."""
     from dgnerf.camera import orbit_c2w
 
-    c2w = orbit_c2w(float(yaw), float(pitch), 0.0, distance, device=device)
+    c2w = orbit_c2w(float(yaw), float(pitch), float(roll), distance, device=device)
     if world is not None:
         c2w = c2w.clone()
         c2w[:, :3, :] = world.to(c2w) @ c2w[:, :3, :]

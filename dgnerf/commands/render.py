@@ -131,7 +131,7 @@ def render_frames(model, device, z, beta, yaws, pitches, rolls, args, progress=F
     """Render one frame per camera -> list of HxWx3 uint8 arrays (aux: a list that receives the outputs' opacity maps)."""
     import torch
 
-    from dgnerf.camera import orbit_c2w
+    from dgnerf.apps.interp import view_c2w
 
     dist = model.cfg.camera_distance if args.distance is None else args.distance
     z, beta = z.to(device), beta.to(device)
@@ -146,16 +146,12 @@ def render_frames(model, device, z, beta, yaws, pitches, rolls, args, progress=F
         from tqdm import tqdm
 
         items = tqdm(items, desc="rendering", unit="frame")
-    # The training data's world frame when the checkpoint records it (the trainer does): yaw 0 is then the
+    # In the training data's world frame when the checkpoint records it (the trainer does): yaw 0 is then the
     # data's frontal view for every convention (a preprocessed video's world is upside down and behind
     # relative to the built-in set's).
-    world = getattr(model, "world_frame", None)
     with torch.no_grad():
         for yaw, pitch, roll in items:
-            c2w = orbit_c2w(float(yaw), float(pitch), float(roll), dist, device=device)
-            if world is not None:
-                c2w = c2w.clone()
-                c2w[:, :3, :] = world.to(c2w) @ c2w[:, :3, :]
+            c2w = view_c2w(yaw, pitch, dist, model.world_frame, device=device, roll=roll)
             out = model(z, beta, c2w, path=args.path, **flags)
             img = out["image"][0]
             if aux is not None:

@@ -94,6 +94,9 @@ class HeadModel(nn.Module):
         # batch 1 upsample 0.25 ms vs phase 0.41 ms; batch 32 phase 4.61 ms vs upsample 4.88 ms; NHWC slower
         # in all four (benchmarks/results/probe-*.json). On the CPU the phase form is 1.5-2x faster.
         self.renderer_form = {"cpu": ("phase", False), "cuda": ("auto", False)}
+        # The training data's world frame W [3,3] (dgnerf.apps.interp.world_frame) when a checkpoint records it
+        # (set by dgnerf.checkpoint.load_checkpoint); None = the built-in set's convention.
+        self.world_frame = None
 
     # ------------------------------------------------------------------ helpers
     def density(self, sigma_raw: torch.Tensor) -> torch.Tensor:

@@ -211,6 +211,11 @@ class Trainer:
         self.train_set = HeadDataset(cfg.data, split="train")
         if len(self.train_set) == 0:
             raise DgnerfError(f"dataset {cfg.data}: no frames in the 'train' split")
+        # The training cameras' world frame, written into every checkpoint so that `dgnerf render` / `orbit` put
+        # their yaw-0 camera in front of the face for any dataset convention.
+        from dgnerf.apps.interp import world_frame
+
+        self.world_frame_json = json.dumps(world_frame(self.train_set.arrays["c2w"]).tolist())
         try:
             self.test_set = HeadDataset(cfg.data, split="test", check="none")
         except DgnerfError:
@@ -301,15 +306,6 @@ class Trainer:
                       if d.startswith("step_") and os.path.exists(os.path.join(self.ckpt_root, d, "train_state.json")))
         return os.path.join(self.ckpt_root, done[-1]) if done else None
 
-    def _world_frame_json(self) -> str:
-        """The training cameras' world frame (dgnerf.apps.interp.world_frame), so that `dgnerf render` and
-        `dgnerf orbit` put their yaw-0 camera in front of the face for any dataset convention."""
-        if getattr(self, "_world_json", None) is None:
-            from dgnerf.apps.interp import world_frame
-
-            self._world_json = json.dumps(world_frame(self.train_set.arrays["c2w"]).tolist())
-        return self._world_json
-
     def save(self, step: int) -> str | None:
         """Checkpoint after `step` steps, atomically (rank 0 only)."""
         if self.rank != 0:
@@ -325,7 +321,7 @@ class Trainer:
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
         save_checkpoint(os.path.join(tmp, "model.safetensors"), self.model,
-                        metadata={"train_step": step, "world_frame": self._world_frame_json()})
+                        metadata={"train_step": step, "world_frame": self.world_frame_json})
         tensors, groups = {}, []
         sd = self.opt.state_dict()
         for pid, st in sd["state"].items():
