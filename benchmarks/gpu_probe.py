@@ -18,11 +18,11 @@ import sys
 import torch
 
 from benchmarks.harness import device_name, time_ms
-from benchmarks.test_bench_mlp import CFG, build, folded, folded_flops
-from dgnerf.model import HeadConfig, HeadModel
+from benchmarks.test_bench_mlp import build, folded, folded_flops, plain, CFG
+from dgnerf.model import HeadConfig, HeadModel, RenderOptions
+from dgnerf.model.graphs import graphed_frame
 from dgnerf.ops import _common
 from dgnerf.ops.mlp import field_mlp
-from dgnerf.ops.reference import field_mlp_reference
 
 ROWS: list[dict] = []
 
@@ -81,8 +81,7 @@ def probe_mlp():
                                          lambda: field_mlp(x, d, cond0, cond_skip, w, precision=prec)),
                 "layer-by-layer cuBLAS": ({"DGNERF_MLP_FUSED": "0"},
                                           lambda: field_mlp(x, d, cond0, cond_skip, w, precision=prec)),
-                "plain PyTorch (twin)": ({}, lambda: field_mlp_reference(xl, dl, zl, bl, lwl, lbl, *rl,
-                                                                         skip=CFG["skip"])),
+                "plain PyTorch (unfolded)": ({}, lambda: plain(xl, dl, zl, bl, lwl, lbl, rl)),
             }
             for name, (kv, fn) in variants.items():
                 if prec == "fp16" and name != "fused":
@@ -111,17 +110,17 @@ def probe_frame():
     model = HeadModel(HeadConfig()).cuda().eval()
     cfg = model.cfg
     for B in (1, 32):
-        z = torch.randn(B, cfg.z_id_dim, device="cuda")
-        beta = 0.5 * torch.randn(B, cfg.beta_dim, device="cuda")
+        z = torch.randn(B, cfg.identity_dim, device="cuda")
+        beta = 0.5 * torch.randn(B, cfg.expression_dim, device="cuda")
         c2w = torch.eye(4, device="cuda").expand(B, 4, 4).contiguous()
         c2w[:, 2, 3] = -cfg.camera_distance
         for form, mlp in ((("auto", False), "fused"), (("phase", False), "fused"), (("upsample", False), "fused"),
                           (("auto", False), "cuBLAS")):
-            model.renderer_form["cuda"] = form
+            opt = RenderOptions(precision="bf16", renderer_form=form[0], channels_last=form[1])
             with env(DGNERF_MLP_FUSED="0" if mlp == "cuBLAS" else "1"):
-                replay = model.graphed(batch=B, precision="bf16")
+                replay = graphed_frame(model, batch=B, options=opt)
                 gm = time_ms(lambda: replay(z, beta, c2w, check=False), "cuda", warmup=3, iters=20)
-                e = time_ms(lambda: model(z, beta, c2w, precision="bf16"), "cuda", warmup=2, iters=10)
+                e = time_ms(lambda: model(z, beta, c2w, options=opt), "cuda", warmup=2, iters=10)
             row("frame", f"bf16 renderer {form[0]} mlp {mlp}", f"B={B},256x256", e, gm,
                 fps_graph=round(B * 1000 / gm, 1), fps_eager=round(B * 1000 / e, 1))
             del replay

@@ -8,8 +8,10 @@
 Every record carries name, device (the device's name: CPU model or GPU), dtype, shape, reference_ms,
 fast_ms, speedup = reference_ms / fast_ms, plus torch version and thread count; extra keys are kept
 (psnr_db, tflops, peak memory...). At the end of the session the records are written to
-benchmarks/results/<device>.json (merged by name with earlier records of the same device) and printed
-as a table. CUDA timing uses events after warm-up; CPU timing uses perf_counter; both report the median.
+<dir>/<device>.json (merged by name with earlier records of the same device) and printed as a table.
+<dir> is benchmarks/results/local/ (untracked: a benchmark run never dirties the checkout) unless
+DGNERF_BENCH_RECORD=1 asks to update the committed records the README quotes (benchmarks/results/), or
+DGNERF_BENCH_DIR names another folder (the device check writes under $OUT). CUDA timing uses events after warm-up; CPU timing uses perf_counter; both report the median.
 """
 from __future__ import annotations
 
@@ -22,7 +24,9 @@ import time
 import torch
 
 RESULTS: list[dict] = []
-RESULTS_DIR = os.environ.get("DGNERF_BENCH_DIR", os.path.join(os.path.dirname(__file__), "results"))
+_COMMITTED = os.path.join(os.path.dirname(__file__), "results")
+RESULTS_DIR = os.environ.get("DGNERF_BENCH_DIR") or (
+    _COMMITTED if os.environ.get("DGNERF_BENCH_RECORD") == "1" else os.path.join(_COMMITTED, "local"))
 
 
 def device_name(device) -> str:

@@ -32,8 +32,10 @@ import torch
 
 from benchmarks.harness import record
 from dgnerf import ops
-from dgnerf.camera import orbit_c2w
-from dgnerf.model import HeadConfig, HeadModel, psnr
+from dgnerf.camera import intrinsics_from_fov, orbit_c2w
+from dgnerf.metrics import psnr
+from dgnerf.model import HeadConfig, HeadModel, RenderOptions
+from dgnerf.model.graphs import graphed_frame
 from dgnerf.model.prior import apply_head_prior
 
 CPU_VARIANTS = [
@@ -108,24 +110,18 @@ def interleaved_ms(fns, device, iters: int, warmup: int = 0):
 
 
 def stage_ms(model, args, device, kw):
-    t = {}
-    model(*args, timings=t, **kw)
+    t = model(*args, options=RenderOptions(timed=True, **kw)).timings
     return {k: round(v, 3) for k, v in t.items()}
 
 
 def _inputs(cfg, B, device):
     g = torch.Generator().manual_seed(1234)
-    z = torch.randn(B, cfg.z_id_dim, generator=g).to(device)
-    beta = (0.5 * torch.randn(B, cfg.beta_dim, generator=g)).to(device)
+    z = torch.randn(B, cfg.identity_dim, generator=g).to(device)
+    beta = (0.5 * torch.randn(B, cfg.expression_dim, generator=g)).to(device)
     yaw = torch.linspace(-25, 25, B) if B > 1 else torch.tensor([15.0])
     c2w = orbit_c2w(yaw, 5.0, 0.0, cfg.camera_distance, device=device)
-    K = HeadModel.default_intrinsics(_Cfg(cfg), B, device=device)
+    K = intrinsics_from_fov(cfg.fov_deg, cfg.feature_size, B, device=device)
     return z, beta, c2w, K
-
-
-class _Cfg:  # lets default_intrinsics run without building a model
-    def __init__(self, cfg):
-        self.cfg = cfg
 
 
 def _model(scene, device):
@@ -139,12 +135,9 @@ def _model(scene, device):
 @pytest.mark.parametrize("scene", ["random", "head-prior"])
 def test_frame(device, scene):
     cuda = device.type == "cuda"
-    if cuda:
-        ops.set_checks(False)  # the NaN checks sync the host; a renderer at 1000 fps cannot afford them
-    try:
+    # On CUDA the NaN checks sync the host; a renderer at 1000 fps cannot afford them.
+    with ops.checks(not cuda):
         _bench(device, scene, cuda)
-    finally:
-        ops.set_checks(True)
 
 
 def _bench(device, scene, cuda):
@@ -157,16 +150,16 @@ def _bench(device, scene, cuda):
     with torch.no_grad():
         for B in batches:
             args = _inputs(cfg, B, device)
-            ref_out = model(*args, path="reference")  # also the warm-up
+            ref_out = model(*args, options=RenderOptions(path="reference"))  # also the warm-up
             ref_stage = stage_ms(model, args, device, dict(path="reference")) if B == 1 or cuda else None
-            ref_mem = peak_memory_mb(lambda: model(*args, path="reference"), device) if B == 1 or cuda else None
+            ref_mem = peak_memory_mb(lambda: model(*args, options=RenderOptions(path="reference")), device) if B == 1 or cuda else None
             shape = {"B": B, "image": cfg.image_size, "feature": cfg.feature_size, "S": cfg.n_samples, "scene": scene}
             vs = variants if B == 1 else [v for v in variants if v[0] in ("fast bf16", "fast bf16+skip4+ert1e-3")]
-            candidates = [(name, kw, (lambda kw=kw: model(*args, **kw))) for name, kw in vs]
+            candidates = [(name, kw, (lambda kw=kw: model(*args, options=RenderOptions(**kw)))) for name, kw in vs]
             if cuda and B == 1:
-                graphed = model.graphed(batch=B, precision="bf16")
+                graphed = graphed_frame(model, batch=B, options=RenderOptions(precision="bf16"))
                 candidates.append(("fast bf16 cuda-graph", dict(precision="bf16"), lambda: graphed(*args)))
-            ref_fn = lambda: model(*args, path="reference")  # noqa: E731
+            ref_fn = lambda: model(*args, options=RenderOptions(path="reference"))  # noqa: E731
             # One interleaved round: reference, then every candidate, `iters` times.
             for _, _, fn in candidates:  # warm-up
                 fn()
@@ -176,15 +169,15 @@ def _bench(device, scene, cuda):
             for (name, kw, fn), fast_ms, fast_cpu in zip(candidates, wall[1:], cpu[1:]):
                 out = fn()
                 dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(kw.get("precision"), torch.float32)
-                fb = out["feature_map"].float()
+                fb = out.feature_map.float()
                 extra = {}
                 if ref_cpu is not None:
                     extra = dict(reference_cpu_ms=round(ref_cpu, 1), fast_cpu_ms=round(fast_cpu, 1),
                                  cpu_time_speedup=round(ref_cpu / fast_cpu, 3))
                 rec = record(
                     f"frame {name} b{B} ({scene})", device, dtype, shape, ref_ms, fast_ms,
-                    psnr_db=round(psnr(out["image"], ref_out["image"]), 2),
-                    feature_rel_err=float(f"{float((fb - ref_out['feature_map']).norm() / ref_out['feature_map'].norm()):.3g}"),
+                    psnr_db=round(psnr(out.image, ref_out.image), 2),
+                    feature_rel_err=float(f"{float((fb - ref_out.feature_map).norm() / ref_out.feature_map.norm()):.3g}"),
                     fps=round(1000.0 * B / fast_ms, 2),
                     reference_fps=round(1000.0 * B / ref_ms, 2),
                     flags={k: v for k, v in kw.items()},
@@ -192,12 +185,12 @@ def _bench(device, scene, cuda):
                     reference_stage_ms=ref_stage,
                     peak_mem_mb=round(peak_memory_mb(fn, device), 1),
                     reference_peak_mem_mb=None if ref_mem is None else round(ref_mem, 1),
-                    mean_opacity=round(float(ref_out["opacity"].mean()), 3),
+                    mean_opacity=round(float(ref_out.opacity.mean()), 3),
                     **extra,
                 )
                 print(f"{rec['name']}: {rec['speedup']}x wall, {extra.get('cpu_time_speedup')}x cpu-time, "
                       f"{rec['fps']} fps, {rec['psnr_db']} dB, feature rel err {rec['feature_rel_err']}")
-                assert torch.isfinite(out["image"]).all()
+                assert torch.isfinite(out.image).all()
                 if kw.get("precision", "fp32") == "fp32" and not kw.get("skip_stride") and not kw.get("ert_threshold"):
                     assert rec["psnr_db"] >= 50, "the exact fast path must match the reference"
 
@@ -220,12 +213,12 @@ def test_frame_per_core_cpu_time(scene):
         args = _inputs(cfg, 1, torch.device("cpu"))
         variants = [("reference", dict(path="reference"))] + list(CPU_VARIANTS)
         with torch.no_grad():
-            outs = {n: model(*args, **kw) for n, kw in variants}  # also the warm-up
+            outs = {n: model(*args, options=RenderOptions(**kw)) for n, kw in variants}  # also the warm-up
             cpu = {n: [] for n, _ in variants}
             for _ in range(3):
                 for n, kw in variants:
                     c0 = time.process_time()
-                    model(*args, **kw)
+                    model(*args, options=RenderOptions(**kw))
                     cpu[n].append((time.process_time() - c0) * 1e3)
         ref_ms = min(cpu["reference"])
         shape = {"B": 1, "image": cfg.image_size, "feature": cfg.feature_size, "S": cfg.n_samples, "scene": scene}
@@ -233,7 +226,7 @@ def test_frame_per_core_cpu_time(scene):
             dtype = torch.bfloat16 if kw.get("precision") == "bf16" else torch.float32
             rec = record(f"frame {n} b1 1-thread cpu-time ({scene})", "cpu", dtype, shape, ref_ms, min(cpu[n]),
                          timing="process CPU time, 1 thread, min of 3 interleaved",
-                         psnr_db=round(psnr(outs[n]["image"], outs["reference"]["image"]), 2), flags=kw,
+                         psnr_db=round(psnr(outs[n].image, outs["reference"].image), 2), flags=kw,
                          fps_per_core=round(1000.0 / min(cpu[n]), 3))
             print(f"{rec['name']}: {rec['speedup']}x, {rec['psnr_db']} dB")
     finally:

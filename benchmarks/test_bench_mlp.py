@@ -1,5 +1,5 @@
-"""Field MLP benchmark: the fused op (dgnerf.ops.field_mlp) vs its twin, the plain PyTorch MLP on the unfolded
-input (dgnerf.ops.reference.field_mlp_reference), same run, paper size: 65,536 points (32x32 rays x 64
+"""Field MLP benchmark: the fused op (dgnerf.ops.field_mlp) vs the plain PyTorch MLP on the unfolded input (the
+model's FieldMLP, as the reference path runs it), same run, paper size: 65,536 points (32x32 rays x 64
 samples), 8 x 256 trunk, skip at 5, 128 -> 512 head.
 
 CPU: fp32 and bf16 modes against the float32 twin (forward; forward + backward).
@@ -12,7 +12,7 @@ import torch
 from benchmarks.harness import record, time_ms
 from dgnerf.ops import _common
 from dgnerf.ops.mlp import FieldWeights, field_mlp, fold_conditioning
-from dgnerf.ops.reference import field_mlp_reference
+from dgnerf.model import FieldMLP, HeadConfig
 
 N_POINTS = 65536
 CFG = dict(Dx=63, Dd=27, Z=512, E=46, W=256, D=8, Wd=128, F=512, skip=5)
@@ -54,6 +54,20 @@ def folded(lw, lb, rest, z, beta):
     return (w, *fold_conditioning(w, z, beta))
 
 
+_PLAIN = FieldMLP(HeadConfig())  # the paper's layout: CFG's sizes
+
+
+def plain(x, d, z, beta, lw, lb, rest):
+    """The paper's MLP on the unfolded input u = [gamma(x), z, beta] with build()'s parameters: the model's
+    FieldMLP.forward run with them (torch.func.functional_call), i.e. what HeadModel's reference path computes."""
+    B, P, _ = x.shape
+    u = torch.cat([x, torch.cat([z, beta], dim=-1)[:, None, :].expand(B, P, -1)], dim=-1)
+    params = {f"trunk.{i}.weight": w for i, w in enumerate(lw)} | {f"trunk.{i}.bias": b for i, b in enumerate(lb)}
+    names = ("sigma.weight", "sigma.bias", "dir_layer.weight", "dir_layer.bias", "out.weight", "out.bias")
+    params |= dict(zip(names, rest))
+    return torch.func.functional_call(_PLAIN, params, (u, d))
+
+
 def rel(a, b):
     a, b = a.detach().double(), b.detach().double()
     return float((a - b).norm() / b.norm())
@@ -63,11 +77,10 @@ def rel(a, b):
 def test_bench_field_mlp_cpu():
     c = CFG
     x, d, z, beta, lw, lb, rest = build("cpu")
-    _common.set_checks(False)
-    try:
+    with _common.checks(False):
         with torch.no_grad():
             w, cond0, cond_skip = folded(lw, lb, rest, z, beta)
-            twin = lambda: field_mlp_reference(x, d, z, beta, lw, lb, *rest, skip=c["skip"])  # noqa: E731
+            twin = lambda: plain(x, d, z, beta, lw, lb, rest)  # noqa: E731
             fused = {p: (lambda p=p: field_mlp(x, d, cond0, cond_skip, w, precision=p)) for p in ("fp32", "bf16")}
             s_ref, f_ref = twin()
             # Interleaved: twin, fp32, bf16, repeated; each median over its repeats (a loaded 2-core machine).
@@ -77,8 +90,8 @@ def test_bench_field_mlp_cpu():
             shape = {"points": N_POINTS, **c}
             # Context for the bf16 errors: plain PyTorch (the twin) in bf16 on the same function.
             lo = lambda t: t.bfloat16()  # noqa: E731
-            s_tb, f_tb = field_mlp_reference(lo(x), lo(d), lo(z), lo(beta), [lo(t) for t in lw], [lo(t) for t in lb],
-                                             *[lo(t) for t in rest], skip=c["skip"])
+            s_tb, f_tb = plain(lo(x), lo(d), lo(z), lo(beta), [lo(t) for t in lw], [lo(t) for t in lb],
+                               [lo(t) for t in rest])
             for p, fn in fused.items():
                 s, f = fn()
                 more = {} if p == "fp32" else dict(rel_err_feature_torch_bf16=round(rel(f_tb, f_ref), 7),
@@ -87,8 +100,6 @@ def test_bench_field_mlp_cpu():
                        rel_err_feature=round(rel(f, f_ref), 7), rel_err_sigma=round(rel(s, s_ref), 7),
                        gflops_fused=round(folded_flops(c, N_POINTS) / ms[p] / 1e6, 1),
                        gflops_twin=round(unfolded_flops(c, N_POINTS) / ref_ms / 1e6, 1), mode=p, **more)
-    finally:
-        _common.set_checks(True)
 
 
 @pytest.mark.skipif(not HAS_KERNEL, reason="dgnerf._C without field_mlp")
@@ -102,7 +113,7 @@ def test_bench_field_mlp_cpu_train():
         p.requires_grad_()
 
     def twin():
-        s, f = field_mlp_reference(x, d, z, beta, lw, lb, *rest, skip=c["skip"])
+        s, f = plain(x, d, z, beta, lw, lb, rest)
         return torch.autograd.grad(s.sum() + f.sum(), params)
 
     def fused(prec):
@@ -110,8 +121,7 @@ def test_bench_field_mlp_cpu_train():
         s, f = field_mlp(x, d, cond0, cond_skip, w, precision=prec)
         return torch.autograd.grad(s.sum() + f.sum(), params)
 
-    _common.set_checks(False)
-    try:
+    with _common.checks(False):
         g_ref = twin()
         ref_ms = time_ms(twin, "cpu", warmup=1, iters=3)
         for prec in ("fp32", "bf16"):
@@ -120,8 +130,6 @@ def test_bench_field_mlp_cpu_train():
             worst = max(rel(a, b) for a, b in zip(g, g_ref))
             record("field_mlp fwd+bwd", "cpu", torch.float32 if prec == "fp32" else torch.bfloat16,
                    {"points": n, **c}, ref_ms, fast_ms, max_rel_err_grad=round(worst, 6), mode=prec)
-    finally:
-        _common.set_checks(True)
 
 
 def _cuda_mm_tflops(dtype):
@@ -137,15 +145,14 @@ def test_bench_field_mlp_cuda(prec):
     c = CFG
     dtype = torch.bfloat16 if prec == "bf16" else torch.float16
     x, d, z, beta, lw, lb, rest = build("cuda")
-    _common.set_checks(False)
-    try:
+    with _common.checks(False):
         with torch.no_grad():
             w, cond0, cond_skip = folded(lw, lb, rest, z, beta)
-            s64, f64 = field_mlp_reference(x.double(), d.double(), z.double(), beta.double(), [t.double() for t in lw],
-                                           [t.double() for t in lb], *[t.double() for t in rest], skip=c["skip"])
+            s64, f64 = plain(x.double(), d.double(), z.double(), beta.double(), [t.double() for t in lw],
+                             [t.double() for t in lb], [t.double() for t in rest])
             lo = lambda t: t.to(dtype)  # noqa: E731
-            twin = lambda: field_mlp_reference(lo(x), lo(d), lo(z), lo(beta), [lo(t) for t in lw], [lo(t) for t in lb],  # noqa: E731
-                                               *[lo(t) for t in rest], skip=c["skip"])
+            twin = lambda: plain(lo(x), lo(d), lo(z), lo(beta), [lo(t) for t in lw], [lo(t) for t in lb],  # noqa: E731
+                                 [lo(t) for t in rest])
             fused = lambda: field_mlp(x, d, cond0, cond_skip, w, precision=prec)  # noqa: E731
             ref_ms = time_ms(twin, "cuda", warmup=3, iters=20)
             fast_ms = time_ms(fused, "cuda", warmup=3, iters=20)
@@ -170,5 +177,3 @@ def test_bench_field_mlp_cuda(prec):
             except ImportError:
                 pass
             record("field_mlp fwd", "cuda", dtype, {"points": N_POINTS, **c}, ref_ms, fast_ms, **extra)
-    finally:
-        _common.set_checks(True)

@@ -7,7 +7,7 @@ import torch
 
 from benchmarks.harness import record
 from dgnerf.train import TrainConfig, Trainer
-from dgnerf.train.demo import DEMO_MODEL
+from dgnerf.apps.demo import DEMO_MODEL
 
 
 @pytest.fixture(scope="module")

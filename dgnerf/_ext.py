@@ -11,6 +11,7 @@ import os
 import warnings
 
 import torch
+from dgnerf._version import __version__
 
 _META_PATH = os.path.join(os.path.dirname(__file__), "_build_meta.json")
 REBUILD_HINT = "rebuild it against the installed torch: pip install --no-build-isolation -e ."
@@ -36,7 +37,7 @@ def _load() -> None:
         )
         return
     try:
-        from dgnerf import _C  # noqa: F401
+        from dgnerf import _C
     except ImportError as e:
         load_error = f"dgnerf._C could not be loaded ({e}); {REBUILD_HINT}"
         return
@@ -85,8 +86,6 @@ def has_kernel(op: str, device_type: str) -> bool:
 
 def info() -> dict:
     """What was built and what this machine offers (printed by `dgnerf info`)."""
-    import dgnerf
-
     try:
         isa = torch.backends.cpu.get_cpu_capability()
     except Exception:  # pragma: no cover - older torch
@@ -95,7 +94,7 @@ def info() -> dict:
     if loaded:
         compiled = json.loads(torch.ops.dgnerf.build_info())
     return {
-        "dgnerf": dgnerf.__version__,
+        "dgnerf": __version__,
         "torch": torch.__version__,
         "torch_cuda": torch.version.cuda,
         "cuda_available": torch.cuda.is_available(),

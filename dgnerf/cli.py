@@ -12,11 +12,12 @@ import importlib
 import os
 import pkgutil
 import sys
+import dgnerf.commands as commands
+from dgnerf.errors import DgnerfError
+import dgnerf
 
 
 def build_parser() -> argparse.ArgumentParser:
-    import dgnerf.commands as commands
-
     parser = argparse.ArgumentParser(
         prog="dgnerf", description="Drivable, generalizable head radiance fields: train, render, fit, drive."
     )
@@ -31,13 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from dgnerf.errors import DgnerfError
-
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.version:
-        import dgnerf
-
         print(dgnerf.__version__)
         return 0
     if not getattr(args, "func", None):

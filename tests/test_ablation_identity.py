@@ -79,7 +79,7 @@ def test_train_like_repeats_the_training_exactly(pair, tmp_path):
     """Trained on the SAME dataset, train_like gives the very weights of the checkpoint: the second model of
     the ablation differs from the first by its identity codes only."""
     from dgnerf.apps.ablation import run_state, train_like
-    from dgnerf.checkpoint import read_checkpoint
+    from dgnerf.model.checkpoint import read_checkpoint
 
     d1, _, ckpt = pair
     tc, steps = run_state(ckpt)
@@ -130,7 +130,7 @@ def test_eval_writes_the_identity_table_and_figure(pair, tmp_path):
      "is not a `dgnerf train` checkpoint directory"),
 ])
 def test_bad_identity_ablation_arguments(pair, tmp_path, capsys, extra, expect):
-    from dgnerf.checkpoint import load_checkpoint, save_checkpoint
+    from dgnerf.model.checkpoint import load_checkpoint, save_checkpoint
 
     d1, d2, ckpt = pair
     bare = save_checkpoint(str(tmp_path / "bare.safetensors"), load_checkpoint(ckpt))

@@ -25,7 +25,7 @@ def tiny_ckpt(tiny_set, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model(tiny_ckpt):
-    from dgnerf.checkpoint import load_checkpoint
+    from dgnerf.model.checkpoint import load_checkpoint
 
     return load_checkpoint(tiny_ckpt)
 
@@ -61,7 +61,7 @@ def test_fitting_reduces_the_masked_loss_on_a_heldout_person(model, heldout):
     mse = lambda m: float((10 ** (-m["psnr"] / 10)).mean())  # noqa: E731
     assert mse(res.metrics_fit) < 0.97 * mse(res.metrics_init)
     assert float(res.metrics_fit["l1"].mean()) < float(res.metrics_init["l1"].mean())
-    assert res.identity.shape == (1, model.cfg.z_id_dim) and res.expression.shape == (3, model.cfg.beta_dim)
+    assert res.identity.shape == (1, model.cfg.identity_dim) and res.expression.shape == (3, model.cfg.expression_dim)
     R = res.c2w[:, :3, :3]
     assert torch.allclose(R.transpose(1, 2) @ R, torch.eye(3).expand(3, 3, 3), atol=1e-4)
     # the model itself is untouched and still trainable
@@ -98,7 +98,7 @@ def test_fit_command_writes_codes_renders_metrics(tiny_set, tiny_ckpt, tmp_path)
     t = load_file(str(out / "codes.safetensors"))
     assert t["identity"].shape == (1, 512) and t["expression"].shape[0] == t["c2w"].shape[0] == 3
     # the identity file is a code `dgnerf render --identity` reads
-    from dgnerf.commands.render import load_code
+    from dgnerf.codes import load_code
 
     assert load_code(str(out / "identity_p0003.safetensors"), 512, "identity").shape == (1, 512)
     # and both drive a head: the fitted identity with another person's poses and expressions
@@ -166,7 +166,7 @@ def test_interp_and_gaze_views_follow_the_datasets_world(tiny_set):
     # (before: carphone's grids showed the back of the head, upside down)
     import torch
 
-    from dgnerf.apps.interp import view_c2w, world_frame
+    from dgnerf.camera import view_c2w, world_frame
     from dgnerf.camera import orbit_c2w
     from dgnerf.data import HeadDataset
 

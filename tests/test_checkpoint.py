@@ -5,7 +5,7 @@ import struct
 import pytest
 import torch
 
-from dgnerf.checkpoint import FORMAT_VERSION, init_checkpoint, load_checkpoint, read_checkpoint, save_checkpoint
+from dgnerf.model.checkpoint import FORMAT_VERSION, init_checkpoint, load_checkpoint, read_checkpoint, save_checkpoint
 from dgnerf.errors import DgnerfError
 from dgnerf.model import HeadConfig, HeadModel
 
@@ -134,31 +134,36 @@ def test_trainer_records_the_world_frame_and_render_uses_it(tmp_path):
     # diag(1,-1,-1), a preprocessed video's convention) renders its frontal view at yaw 0 with `dgnerf render`.
     import json
 
-    from dgnerf.checkpoint import load_checkpoint, save_checkpoint, world_frame_of
     from dgnerf.model import HeadConfig, HeadModel
+    from dgnerf.model.checkpoint import legacy_world_frame, load_checkpoint, save_checkpoint
 
     W = torch.diag(torch.tensor([1.0, -1.0, -1.0]))
-    model = HeadModel(HeadConfig.tiny())
-    path = save_checkpoint(str(tmp_path / "m.safetensors"), model, metadata={"world_frame": json.dumps(W.tolist())})
-    loaded = load_checkpoint(path)
-    assert torch.equal(loaded.world_frame, W)
-    plain = load_checkpoint(save_checkpoint(str(tmp_path / "p.safetensors"), model))
-    assert plain.world_frame is None
+    model = HeadModel(HeadConfig.tiny(world_frame=W.reshape(-1).tolist()))
+    loaded = load_checkpoint(save_checkpoint(str(tmp_path / "m.safetensors"), model))
+    assert torch.equal(loaded.cfg.world_rotation, W) and loaded.cfg.to_dict()["world_frame"] == W.reshape(-1).tolist()
+    # a checkpoint written before the config held the frame (it was metadata) still gets it
+    old = HeadModel(HeadConfig.tiny())
+    old.load_state_dict(model.state_dict())
+    legacy = load_checkpoint(save_checkpoint(str(tmp_path / "old.safetensors"), old,
+                                             metadata={"world_frame": json.dumps(W.tolist())}))
+    assert torch.equal(legacy.cfg.world_rotation, W)
+    plain = load_checkpoint(save_checkpoint(str(tmp_path / "p.safetensors"), old))
+    assert plain.cfg.world_rotation is None and "world_frame" not in plain.cfg.to_dict()
     for bad in ("[1, 2]", "not json", json.dumps([[float("nan")] * 3] * 3)):
-        assert world_frame_of({"world_frame": bad}) is None
+        assert legacy_world_frame({"world_frame": bad}) is None
     # render_frames (dgnerf render / orbit) applies it: the same image as the model called with W @ c2w.
     import argparse
 
     from dgnerf.camera import orbit_c2w
-    from dgnerf.commands.render import render_frames
+    from dgnerf.commands._common import render_frames
 
     args = argparse.Namespace(distance=None, path="fast", precision="fp32", ert=0.0, skip_stride=0)
-    z, beta = torch.randn(1, loaded.cfg.z_id_dim), torch.zeros(1, loaded.cfg.beta_dim)
+    z, beta = torch.randn(1, loaded.cfg.identity_dim), torch.zeros(1, loaded.cfg.expression_dim)
     got = render_frames(loaded, torch.device("cpu"), z, beta, [10.0], [0.0], [0.0], args)[0]
     c2w = orbit_c2w(10.0, 0.0, 0.0, loaded.cfg.camera_distance).clone()
     c2w[:, :3, :] = W @ c2w[:, :3, :]
     with torch.no_grad():
-        want = loaded(z, beta, c2w)["image"][0]
+        want = loaded(z, beta, c2w).image[0]
     want = (want.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
     plain_img = render_frames(plain, torch.device("cpu"), z, beta, [10.0], [0.0], [0.0], args)[0]
     assert (got == want).all() and not (got == plain_img).all()

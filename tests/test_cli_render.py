@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from dgnerf.checkpoint import save_checkpoint
+from dgnerf.model.checkpoint import save_checkpoint
 from dgnerf.cli import main
 from dgnerf.model import HeadConfig, HeadModel
 from dgnerf.model.prior import apply_head_prior
@@ -16,7 +16,7 @@ from dgnerf.model.prior import apply_head_prior
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory):
     torch.manual_seed(0)
-    cfg = HeadConfig.tiny(z_id_dim=512, beta_dim=46, mlp_width=80)
+    cfg = HeadConfig.tiny(identity_dim=512, expression_dim=46, mlp_width=80)
     model = apply_head_prior(HeadModel(cfg), n_dirs=32)
     return save_checkpoint(str(tmp_path_factory.mktemp("ck") / "tiny.safetensors"), model)
 
@@ -78,7 +78,7 @@ def test_orbit_gif_and_mp4(tmp_path, tiny_ckpt):
 
 
 def test_init_checkpoint_command(tmp_path):
-    from dgnerf.checkpoint import load_checkpoint
+    from dgnerf.model.checkpoint import load_checkpoint
 
     out = tmp_path / "init.safetensors"
     assert main(["init-checkpoint", str(out)]) == 0

@@ -43,7 +43,7 @@ def test_mask_box_crop_maps_the_head_box_onto_the_crop():
 
 
 def test_landmark_crop_is_the_preprocessors_facenet_crop():
-    from dgnerf.preprocess.identity import facenet_affine
+    from dgnerf.face.recognition import facenet_affine
 
     lm = torch.rand(2, 478, 2) * 20 + 6
     A = metrics.face_crop_affines((32, 32), landmarks=lm)
@@ -169,7 +169,7 @@ def test_tracked_landmarks_map_source_points_into_the_model_image(tmp_path):
 
 
 def test_eval_command_no_csim_is_said(tiny_model, tiny_set, tmp_path):
-    from dgnerf.checkpoint import save_checkpoint
+    from dgnerf.model.checkpoint import save_checkpoint
     from dgnerf.cli import main
 
     ckpt = save_checkpoint(str(tmp_path / "m.safetensors"), tiny_model)

@@ -9,7 +9,8 @@ import pytest
 import torch
 from safetensors.numpy import load_file, save_file
 
-from dgnerf.data import DatasetWriter, HeadDataset, check_dataset, look_at_c2w, pixel_rays
+from dgnerf.camera import look_at, pixel_rays
+from dgnerf.data import DatasetWriter, HeadDataset, check_dataset
 from dgnerf.errors import DgnerfError
 
 H, W, E = 12, 16, 46
@@ -18,7 +19,7 @@ H, W, E = 12, 16, 46
 def _frame(rng, i):
     img = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
     mask = (rng.random((H, W)) > 0.4).astype(np.uint8) * 255
-    c2w = look_at_c2w(eye=rng.normal(size=3) * 0.3 + np.array([0, 0, -4.0])).numpy()
+    c2w = look_at(rng.normal(size=3) * 0.3 + np.array([0, 0, -4.0]), dtype=torch.float64)[0].numpy()
     K = np.array([20.0 + i, 21.0, W / 2, H / 2])
     return img, mask, c2w, K, rng.normal(size=E).astype(np.float32), rng.normal(size=512).astype(np.float32)
 
@@ -221,7 +222,7 @@ def test_check_ok_cli(good_set, capsys):
 
 
 def test_pixel_rays_convention():
-    c2w = look_at_c2w(eye=(0.0, 0.0, -4.0))
+    c2w = look_at((0.0, 0.0, -4.0), dtype=torch.float64)[0]
     assert torch.allclose(c2w, torch.tensor([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, -4.0], [0, 0, 0, 1]], dtype=torch.float64))
     K = torch.tensor([10.0, 10.0, 2.0, 2.0], dtype=torch.float64)
     o, d = pixel_rays(c2w, K, 4, 4)

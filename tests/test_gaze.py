@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from dgnerf.model import RenderOptions
+
 from dgnerf.cli import main
 from dgnerf.errors import DgnerfError
 from dgnerf.model import HeadConfig, HeadModel
@@ -23,8 +25,8 @@ def gaze_cfg(**kw):
 def inputs(cfg, B=2):
     from dgnerf.camera import orbit_c2w
 
-    z = torch.randn(B, cfg.z_id_dim)
-    beta = torch.randn(B, cfg.beta_dim)
+    z = torch.randn(B, cfg.identity_dim)
+    beta = torch.randn(B, cfg.expression_dim)
     c2w = orbit_c2w(torch.tensor([10.0, -15.0])[:B], torch.tensor([5.0, 0.0])[:B], 0.0, cfg.camera_distance)
     K = torch.tensor([[cfg.focal, cfg.focal, cfg.feature_size / 2, cfg.feature_size / 2]] * B)
     return z, beta, c2w, K
@@ -61,22 +63,22 @@ def test_gaze_conditions_every_path_and_none_is_the_mean():
     z, beta, c2w, K = inputs(cfg)
     g = torch.tensor([[0.5, 0.2], [-0.4, -0.3]])
     with torch.no_grad():
-        fast = m(z, beta, c2w, K, gaze=g)["image"]
-        ref = m(z, beta, c2w, K, path="reference", gaze=g)["image"]
-        mean = m(z, beta, c2w, K, gaze=torch.tensor([[0.1, -0.05]] * 2))["image"]
-        none = m(z, beta, c2w, K)["image"]
-        other = m(z, beta, c2w, K, gaze=g.flip(0))["image"]
+        fast = m(z, beta, c2w, K, gaze=g).image
+        ref = m(z, beta, c2w, K, gaze=g, options=RenderOptions(path="reference")).image
+        mean = m(z, beta, c2w, K, gaze=torch.tensor([[0.1, -0.05]] * 2)).image
+        none = m(z, beta, c2w, K).image
+        other = m(z, beta, c2w, K, gaze=g.flip(0)).image
     assert fast.shape == (2, 3, 32, 32)
     assert torch.allclose(fast, ref, atol=1e-5)  # the fused path folds the gaze like the other codes
     assert torch.allclose(none, mean, atol=1e-6)  # no gaze = the training mean
     assert (other - fast).abs().max() > 1e-4  # the gaze changes the image
     # the conditioning the MLP sees: [beta, (gaze - mean) / std]
-    u = m.field.gaze_condition(beta, g)
+    u = m.field.condition(beta, g)
     assert torch.allclose(u[:, -2:], (g - torch.tensor([0.1, -0.05])) / torch.tensor([0.3, 0.2]))
     assert torch.equal(u[:, :6], beta)
     # gradients reach the gaze code
     gg = g.clone().requires_grad_(True)
-    m(z, beta, c2w, K, gaze=gg)["image"].mean().backward()
+    m(z, beta, c2w, K, gaze=gg).image.mean().backward()
     assert gg.grad is not None and gg.grad.abs().sum() > 0
 
 
@@ -95,7 +97,7 @@ def test_gaze_input_errors_name_the_argument():
 
 
 def test_checkpoint_keeps_the_gaze_config(tmp_path):
-    from dgnerf.checkpoint import load_checkpoint, save_checkpoint
+    from dgnerf.model.checkpoint import load_checkpoint, save_checkpoint
 
     m = HeadModel(gaze_cfg()).eval()
     path = save_checkpoint(str(tmp_path / "g.safetensors"), m)
@@ -104,7 +106,7 @@ def test_checkpoint_keeps_the_gaze_config(tmp_path):
     z, beta, c2w, K = inputs(m.cfg)
     g = torch.randn(2, 2)
     with torch.no_grad():
-        assert torch.equal(back(z, beta, c2w, K, gaze=g)["image"], m(z, beta, c2w, K, gaze=g)["image"])
+        assert torch.equal(back(z, beta, c2w, K, gaze=g).image, m(z, beta, c2w, K, gaze=g).image)
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +150,7 @@ def gaze_ckpt(separated_set, tmp_path_factory):
 
 
 def test_trainer_fills_the_gaze_statistics_and_trains_with_gaze(gaze_ckpt, separated_set):
-    from dgnerf.checkpoint import load_checkpoint
+    from dgnerf.model.checkpoint import load_checkpoint
     from dgnerf.data import HeadDataset
 
     m = load_checkpoint(gaze_ckpt)
@@ -175,7 +177,7 @@ def test_trainer_refuses_a_gaze_length_the_data_lacks(separated_set, tmp_path):
 
 def test_fit_uses_each_frames_gaze(gaze_ckpt, separated_set):
     from dgnerf.apps.fit import FitConfig, fit_person, targets_from_dataset
-    from dgnerf.checkpoint import load_checkpoint
+    from dgnerf.model.checkpoint import load_checkpoint
 
     m = load_checkpoint(gaze_ckpt)
     tg = targets_from_dataset(separated_set, m.cfg, split="test")[0]
@@ -183,7 +185,7 @@ def test_fit_uses_each_frames_gaze(gaze_ckpt, separated_set):
     res = fit_person(m, tg, FitConfig(iters=1), progress=False)
     with torch.no_grad():
         z = tg.identity.mean(0, keepdim=True).expand(3, -1)
-        direct = m(z, tg.expression, tg.c2w, tg.intrinsics, gaze=tg.gaze)["image"]
+        direct = m(z, tg.expression, tg.c2w, tg.intrinsics, gaze=tg.gaze).image
     assert torch.allclose(res.render_init, direct, atol=1e-6)
 
 
@@ -240,7 +242,7 @@ def test_gaze_command_bad_input(gaze_ckpt, separated_set, tmp_path, capsys, extr
 
 
 def test_gaze_command_on_a_model_without_gaze(tiny_set, tmp_path, capsys):
-    from dgnerf.checkpoint import save_checkpoint
+    from dgnerf.model.checkpoint import save_checkpoint
     from dgnerf.data import HeadDataset
     from dgnerf.train.trainer import model_config_for
 
@@ -254,8 +256,8 @@ def test_gaze_command_on_a_model_without_gaze(tiny_set, tmp_path, capsys):
 
 def test_drive_uses_the_drivers_gaze(gaze_ckpt, separated_set):
     from dgnerf.apps.drive import drive_frames, driver_from_dataset
-    from dgnerf.checkpoint import load_checkpoint
-    from dgnerf.train.plots import to_uint8
+    from dgnerf.model.checkpoint import load_checkpoint
+    from dgnerf.media import to_uint8
 
     m = load_checkpoint(gaze_ckpt)
     drv = driver_from_dataset(separated_set, m.cfg, person="p0003")
@@ -263,7 +265,7 @@ def test_drive_uses_the_drivers_gaze(gaze_ckpt, separated_set):
     z = torch.randn(1, 512)
     frames = drive_frames(m, z, drv)
     with torch.no_grad():
-        want = m(z.expand(3, -1), drv.expression, drv.c2w, drv.intrinsics, gaze=drv.gaze)["image"]
+        want = m(z.expand(3, -1), drv.expression, drv.c2w, drv.intrinsics, gaze=drv.gaze).image
     W = want.shape[-1]
     assert np.array_equal(frames[1][:, -W:], to_uint8(want[1]))
 

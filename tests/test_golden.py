@@ -31,8 +31,10 @@ THREADS = 2
 
 def _render(model, identity, expression, c2w, intrinsics, **options):
     """The one place that knows HeadModel's calling convention (updated with the API, never the values)."""
-    out = model(identity, expression, c2w, intrinsics, **options)
-    return {k: out[k] for k in ("image", "feature_map", "opacity", "depth")}
+    from dgnerf.model import RenderOptions
+
+    out = model(identity, expression, c2w, intrinsics, options=RenderOptions(**options))
+    return {"image": out.image, "feature_map": out.feature_map, "opacity": out.opacity, "depth": out.depth}
 
 
 def _isa() -> str:
@@ -65,7 +67,7 @@ def _produce(tmp):
         vals[f"ckpt.{k}"] = v
 
     from dgnerf.camera import orbit_c2w
-    from dgnerf.checkpoint import load_checkpoint
+    from dgnerf.model.checkpoint import load_checkpoint
 
     model = load_checkpoint(ckpt)
     g = torch.Generator().manual_seed(11)

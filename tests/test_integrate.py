@@ -29,7 +29,7 @@ def run_both(inputs, threshold, fast):
 @pytest.mark.parametrize("threshold", [0.0, 1e-2, 0.3])
 @pytest.mark.parametrize("R,S,C", [(37, 64, 512), (5, 7, 3), (300, 16, 33)])
 def test_cpu_matches_reference_values_and_grads(R, S, C, threshold):
-    # The oracle runs in float64 on the same (float32-representable) inputs (METHOD.md).
+    # The oracle runs in float64 on the same (float32-representable) inputs.
     a = make_inputs(R, S, C, requires_grad=True)
     b = [t.detach().double().requires_grad_(True) for t in a]
     out_a = run_both(a, threshold, fast=True)

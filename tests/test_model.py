@@ -6,8 +6,9 @@ import math
 import pytest
 import torch
 
-from dgnerf.camera import c2w_from_w2c, default_intrinsics, look_at, orbit_c2w
-from dgnerf.model import HeadConfig, HeadModel, psnr
+from dgnerf.camera import c2w_from_w2c, intrinsics_from_fov, look_at, orbit_c2w
+from dgnerf.metrics import psnr
+from dgnerf.model import HeadConfig, HeadModel, RenderOptions
 from dgnerf.model.field import positional_encoding
 
 from tests.conftest import rel_err
@@ -22,24 +23,25 @@ def _randomize(model: HeadModel, scale: float = 1.0):
 
 
 def _inputs(cfg, B=2, dtype=torch.float32):
-    z = torch.randn(B, cfg.z_id_dim, dtype=dtype)
-    beta = torch.randn(B, cfg.beta_dim, dtype=dtype)
+    z = torch.randn(B, cfg.identity_dim, dtype=dtype)
+    beta = torch.randn(B, cfg.expression_dim, dtype=dtype)
     c2w = orbit_c2w(torch.rand(B) * 40 - 20, torch.rand(B) * 20 - 10, torch.rand(B) * 10 - 5, cfg.camera_distance, dtype=dtype)
-    K = default_intrinsics(cfg, B, dtype) * (1 + 0.05 * torch.rand(B, 1, dtype=dtype))
+    K = intrinsics_from_fov(cfg.fov_deg, cfg.feature_size, B, dtype) * (1 + 0.05 * torch.rand(B, 1, dtype=dtype))
     return z, beta, c2w, K
 
 
-@pytest.fixture(params=["op", "plain"])
-def field_impl(request):
-    """Run the fast path with the fused field op (when built) and with the plain-PyTorch folded field."""
-    from dgnerf.model import fused
+@pytest.fixture(params=["kernel", "twin"])
+def field_impl(request, monkeypatch):
+    """Run the fast path with the compiled field kernel (when built) and with its twin (the fallback)."""
+    from dgnerf import _ext
 
-    if request.param == "op" and not hasattr(__import__("dgnerf").ops, "field_mlp"):
-        pytest.skip("dgnerf.ops.field_mlp is not available")
-    prev = fused._use_fused
-    fused.use_fused(request.param == "op")
-    yield request.param
-    fused.use_fused(prev)
+    if request.param == "kernel" and not _ext.has_kernel("field_mlp_forward", "cpu"):
+        pytest.skip("dgnerf._C has no field_mlp kernel")
+    if request.param == "twin":
+        real = _ext.has_kernel
+        monkeypatch.setattr(_ext, "has_kernel", lambda op, dev: False if op.startswith("field_mlp") else real(op, dev))
+        monkeypatch.setattr(_ext, "warn_fallback", lambda what="": None)
+    return request.param
 
 
 @pytest.mark.parametrize("activation", ["softplus", "relu"])
@@ -47,13 +49,13 @@ def test_fast_equals_reference_values(activation, field_impl):
     cfg = HeadConfig.tiny(sigma_activation=activation)
     model = _randomize(HeadModel(cfg))
     z, beta, c2w, K = _inputs(cfg)
-    ref = model(z, beta, c2w, K, path="reference")
-    fast = model(z, beta, c2w, K, path="fast")
-    assert ref["image"].shape == (2, 3, cfg.image_size, cfg.image_size)
-    assert ref["feature_map"].shape == (2, cfg.feature_dim, cfg.feature_size, cfg.feature_size)
-    assert psnr(fast["image"], ref["image"]) >= 50
+    ref = model(z, beta, c2w, K, options=RenderOptions(path="reference"))
+    fast = model(z, beta, c2w, K, options=RenderOptions(path="fast"))
+    assert ref.image.shape == (2, 3, cfg.image_size, cfg.image_size)
+    assert ref.feature_map.shape == (2, cfg.feature_dim, cfg.feature_size, cfg.feature_size)
+    assert psnr(fast.image, ref.image) >= 50
     for k in ("feature_map", "opacity", "depth", "image"):
-        assert rel_err(fast[k], ref[k]) < 1e-5, k
+        assert rel_err(getattr(fast, k), getattr(ref, k)) < 1e-5, k
 
 
 def test_fast_equals_reference_gradients(field_impl):
@@ -66,8 +68,8 @@ def test_fast_equals_reference_gradients(field_impl):
     def grads(path):
         zz, bb, cc = (t.clone().requires_grad_(True) for t in (z, beta, c2w))
         model.zero_grad()
-        out = model(zz, bb, cc, K, path=path)
-        loss = ((out["image"] - target) ** 2).mean() + (out["opacity"] * w_op).mean() + 0.1 * (out["depth"] * w_d).mean()
+        out = model(zz, bb, cc, K, options=RenderOptions(path=path))
+        loss = ((out.image - target) ** 2).mean() + (out.opacity * w_op).mean() + 0.1 * (out.depth * w_d).mean()
         loss.backward()
         g = {n: p.grad.clone() for n, p in model.named_parameters()}
         g.update(z_id=zz.grad, beta=bb.grad, c2w=cc.grad)
@@ -85,10 +87,10 @@ def test_fast_equals_reference_float64_stratified(field_impl):
     cfg = HeadConfig.tiny(sphere_radius=1.3)
     model = _randomize(HeadModel(cfg)).double()
     z, beta, c2w, K = _inputs(cfg, B=1, dtype=torch.float64)
-    ref = model(z, beta, c2w, K, path="reference", stratified=True, seed=7)
-    fast = model(z, beta, c2w, K, path="fast", stratified=True, seed=7)
-    assert rel_err(fast["image"], ref["image"]) < 1e-10
-    assert rel_err(fast["depth"], ref["depth"]) < 1e-10
+    ref = model(z, beta, c2w, K, options=RenderOptions(path="reference", stratified=True, seed=7))
+    fast = model(z, beta, c2w, K, options=RenderOptions(path="fast", stratified=True, seed=7))
+    assert rel_err(fast.image, ref.image) < 1e-10
+    assert rel_err(fast.depth, ref.depth) < 1e-10
 
 
 @pytest.mark.parametrize("flags,min_db", [
@@ -101,10 +103,10 @@ def test_approximate_flags_close(flags, min_db, field_impl):
     cfg = HeadConfig.tiny()
     model = _randomize(HeadModel(cfg))
     z, beta, c2w, K = _inputs(cfg)
-    exact = model(z, beta, c2w, K, path="fast")
-    approx = model(z, beta, c2w, K, path="fast", **flags)
-    assert approx["image"].dtype == torch.float32
-    assert psnr(approx["image"], exact["image"]) >= min_db
+    exact = model(z, beta, c2w, K, options=RenderOptions(path="fast"))
+    approx = model(z, beta, c2w, K, options=RenderOptions(path="fast", **flags))
+    assert approx.image.dtype == torch.float32
+    assert psnr(approx.image, exact.image) >= min_db
 
 
 def test_ert_equals_integration_threshold(field_impl):
@@ -112,9 +114,9 @@ def test_ert_equals_integration_threshold(field_impl):
     cfg = HeadConfig.tiny()
     model = _randomize(HeadModel(cfg), scale=3.0)
     z, beta, c2w, K = _inputs(cfg)
-    full = model(z, beta, c2w, K, path="fast", ert_threshold=0.05, ert_chunk=cfg.n_samples)
-    chunked = model(z, beta, c2w, K, path="fast", ert_threshold=0.05, ert_chunk=3)
-    assert rel_err(chunked["feature_map"], full["feature_map"]) < 1e-5
+    full = model(z, beta, c2w, K, options=RenderOptions(path="fast", ert_threshold=0.05, ert_chunk=cfg.n_samples))
+    chunked = model(z, beta, c2w, K, options=RenderOptions(path="fast", ert_threshold=0.05, ert_chunk=3))
+    assert rel_err(chunked.feature_map, full.feature_map) < 1e-5
 
 
 def test_approximate_paths_have_gradients(field_impl):
@@ -125,14 +127,14 @@ def test_approximate_paths_have_gradients(field_impl):
     for flags in (dict(ert_threshold=1e-3, ert_chunk=4), dict(skip_stride=3), dict(precision="bf16")):
         model.zero_grad()
         z.grad = None
-        model(z, beta, c2w, K, **flags)["image"].sum().backward()
+        model(z, beta, c2w, K, options=RenderOptions(**flags)).image.sum().backward()
         assert torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0
         assert model.field.trunk[0].weight.grad.abs().sum() > 0
 
 
 def test_default_config_shapes_and_numbers():
     cfg = HeadConfig()
-    assert (cfg.z_id_dim, cfg.beta_dim, cfg.feature_dim, cfg.feature_size, cfg.image_size) == (512, 46, 512, 32, 256)
+    assert (cfg.identity_dim, cfg.expression_dim, cfg.feature_dim, cfg.feature_size, cfg.image_size) == (512, 46, 512, 32, 256)
     assert (cfg.n_samples, cfg.mlp_depth, cfg.mlp_width, cfg.skip_layer, cfg.pos_freqs, cfg.dir_freqs) == (64, 8, 256, 5, 10, 4)
     assert cfg.renderer_channels == (256, 128, 64) and cfg.pos_enc_dim == 63 and cfg.dir_enc_dim == 27
     model = HeadModel(cfg)
@@ -158,29 +160,31 @@ def test_input_errors_name_the_argument():
     cfg = HeadConfig.tiny()
     model = HeadModel(cfg)
     z, beta, c2w, K = _inputs(cfg)
-    with pytest.raises(ValueError, match="'z_id'"):
+    with pytest.raises(ValueError, match="'identity'"):
         model(z[:, :-1], beta, c2w, K)
-    with pytest.raises(ValueError, match="'beta'"):
+    with pytest.raises(ValueError, match="'expression'"):
         model(z, beta[:1], c2w, K)
     with pytest.raises(ValueError, match="'c2w'"):
         model(z, beta, c2w[:, :2], K)
     bad = beta.clone()
     bad[0, 0] = float("nan")
-    with pytest.raises(ValueError, match="'beta'.*NaN"):
+    with pytest.raises(ValueError, match="'expression'.*NaN"):
         model(z, bad, c2w, K)
     with pytest.raises(ValueError, match="'path'"):
-        model(z, beta, c2w, K, path="fused")
+        model(z, beta, c2w, K, options=RenderOptions(path="fused"))
     with pytest.raises(ValueError, match="fp16"):
-        model(z, beta, c2w, K, precision="fp16")
+        model(z, beta, c2w, K, options=RenderOptions(precision="fp16"))
     with pytest.raises(ValueError, match="reference path"):
-        model(z, beta, c2w, K, path="reference", ert_threshold=0.01)
+        model(z, beta, c2w, K, options=RenderOptions(path="reference", ert_threshold=0.01))
 
 
 def test_graphed_needs_cuda():
     if torch.cuda.is_available():
         pytest.skip("CUDA present: covered by the GPU test")
+    from dgnerf.model.graphs import graphed_frame
+
     with pytest.raises(ValueError, match="CUDA"):
-        HeadModel(HeadConfig.tiny()).graphed()
+        graphed_frame(HeadModel(HeadConfig.tiny()))
 
 
 def test_positional_encoding_layout():
@@ -208,7 +212,7 @@ def test_camera_conventions():
         assert torch.allclose(c2w_from_w2c(w2c)[0], c, atol=1e-5)
     la = look_at(torch.tensor([[0.0, 0, -4]]))
     assert torch.allclose(la, orbit_c2w(0, 0, 0, 4.0), atol=1e-6)
-    K = default_intrinsics(HeadConfig(), 2)
+    K = intrinsics_from_fov(HeadConfig().fov_deg, HeadConfig().feature_size, 2)
     assert K.shape == (2, 4) and torch.allclose(K[:, 2:], torch.full((2, 2), 16.0))
 
 
@@ -219,19 +223,19 @@ def test_head_prior_makes_a_solid_ellipsoid():
     model = apply_head_prior(HeadModel(cfg), n_dirs=40)
     z, beta, c2w, K = _inputs(cfg, B=1)
     out = model(z, beta, c2w, K)
-    op = out["opacity"][0]
+    op = out.opacity[0]
     c = cfg.feature_size // 2
     assert op[c - 1 : c + 1, c - 1 : c + 1].min() > 0.99  # the centre ray hits the head
     assert op[0, 0] < 0.05 and op[-1, -1] < 0.05  # corner rays miss it
     # density-driven approximations now skip work and stay exact to the eye
-    approx = model(z, beta, c2w, K, skip_stride=4, ert_threshold=1e-3)
-    assert psnr(approx["image"], out["image"]) > 45
+    approx = model(z, beta, c2w, K, options=RenderOptions(skip_stride=4, ert_threshold=1e-3))
+    assert psnr(approx.image, out.image) > 45
 
 
 def test_phase_conv_equals_upsample_conv():
     import torch.nn.functional as Fn
 
-    from dgnerf.render.neural_renderer import NeuralRenderer, upsample2_conv3x3
+    from dgnerf.model.renderer import NeuralRenderer, upsample2_conv3x3
 
     x = torch.randn(2, 6, 5, 7, dtype=torch.float64, requires_grad=True)
     w = torch.randn(4, 6, 3, 3, dtype=torch.float64, requires_grad=True)
@@ -262,8 +266,8 @@ def test_code_gains_scale_the_codes_and_stay_out_of_default_configs():
     gained.load_state_dict(plain.state_dict())
     z, beta, c2w, K = _inputs(cfg)
     for path in ("fast", "reference"):
-        a = gained(z, beta, c2w, K, path=path)["image"]
-        b = plain(z * 3.0, beta * 0.5, c2w, K, path=path)["image"]
+        a = gained(z, beta, c2w, K, options=RenderOptions(path=path)).image
+        b = plain(z * 3.0, beta * 0.5, c2w, K, options=RenderOptions(path=path)).image
         assert rel_err(a, b) < 1e-6
     assert HeadConfig.from_json(gained.cfg.to_json()).identity_gain == 3.0
     with pytest.raises(Exception, match="expression_gain"):

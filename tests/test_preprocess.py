@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from dgnerf.errors import DgnerfError
-from dgnerf.preprocess import geometry as G
+from dgnerf.face import geometry as G
 from dgnerf.preprocess.expression import ExpressionBasis, generalized_procrustes
-from dgnerf.preprocess.imaging import crop_square, warp_affine
+from dgnerf.face.imaging import crop_square, warp_affine
 from dgnerf.preprocess.sources import TrackSelector
 
 
@@ -263,7 +263,7 @@ def test_track_selector_reasons():
 
 
 def tiny_ir(prefix="model."):
-    from dgnerf.preprocess.identity import IRNet
+    from dgnerf.face.recognition import IRNet
 
     net = IRNet(units=(1, 2, 1, 1), widths=(8, 16, 24, 32), embedding=24, input_size=32)
     g = torch.Generator().manual_seed(0)
@@ -280,7 +280,7 @@ def tiny_ir(prefix="model."):
 def test_adaface_loads_a_self_written_checkpoint(tmp_path):
     from safetensors.torch import save_file
 
-    from dgnerf.preprocess.identity import AdaFace
+    from dgnerf.face.recognition import AdaFace
 
     net, sd = tiny_ir()
     p = tmp_path / "ada.safetensors"
@@ -301,7 +301,7 @@ def test_adaface_loads_a_self_written_checkpoint(tmp_path):
 
 
 def test_ir101_architecture_is_inferred():
-    from dgnerf.preprocess.identity import IRNet, ir_config_from_state_dict
+    from dgnerf.face.recognition import IRNet, ir_config_from_state_dict
 
     sd = {k: v for k, v in IRNet().state_dict().items()}
     cfg = ir_config_from_state_dict(sd)
@@ -311,7 +311,7 @@ def test_ir101_architecture_is_inferred():
 def test_adaface_refuses_pickles_and_mismatched_files(tmp_path):
     from safetensors.torch import save_file
 
-    from dgnerf.preprocess.identity import AdaFace
+    from dgnerf.face.recognition import AdaFace
 
     (tmp_path / "x.ckpt").write_bytes(b"\x80\x04not read")
     with pytest.raises(DgnerfError, match="never unpickles"):

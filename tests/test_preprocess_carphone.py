@@ -1,4 +1,4 @@
-"""The real pipeline on the real carphone clip (ASSETS.md). Skips cleanly unless the preprocess extra is
+"""The real pipeline on the real carphone clip (docs/preprocess.md). Skips cleanly unless the preprocess extra is
 installed and `dgnerf assets fetch` has run (mediapipe, cv2 5.0 + FaceNet graph, face mesh, the clip).
 Uses every 3rd frame (40 frames) to stay short; the full-clip numbers are in docs/preprocess.md."""
 import numpy as np

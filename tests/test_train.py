@@ -56,11 +56,11 @@ def test_training_reduces_loss_and_writes_outputs(tiny_set, tmp_path):
     tb = os.path.join(cfg.out, "tensorboard")
     if cfg.tensorboard:
         assert any(f.startswith("events.out.tfevents") for f in os.listdir(tb))
-    from dgnerf.checkpoint import load_checkpoint
+    from dgnerf.model.checkpoint import load_checkpoint
 
     model = load_checkpoint(os.path.join(res["checkpoint"], "model.safetensors"))
-    assert model.cfg.feature_size == 8 and model.cfg.z_id_dim == 512
-    assert torch.equal(model.world_frame, torch.eye(3))  # the built-in set's world, recorded by the trainer
+    assert model.cfg.feature_size == 8 and model.cfg.identity_dim == 512
+    assert torch.equal(model.cfg.world_rotation, torch.eye(3))  # the built-in set's world, recorded by the trainer
 
 
 def test_resume_after_sigkill_matches_uninterrupted_run(tiny_set, tmp_path):
@@ -137,7 +137,7 @@ def test_loss_curve_draws_a_single_point(tmp_path):
     # A series with one point (e.g. one evaluated checkpoint) must still be visible.
     from PIL import Image
 
-    from dgnerf.train.plots import loss_curve_png
+    from dgnerf.media import loss_curve_png
 
     loss_curve_png(str(tmp_path / "a.png"), {"held-out": [(100, 0.05)]})
     loss_curve_png(str(tmp_path / "b.png"), {"held-out": []})
@@ -152,7 +152,7 @@ def test_demo_outputs_from_a_short_run(tiny_set, tmp_path):
     # The demo's picture writer on a 2-step run: every file, a 4-row expression grid, finite metrics.
     from PIL import Image
 
-    from dgnerf.train.demo import make_outputs
+    from dgnerf.apps.demo import make_outputs
 
     cfg = tiny_cfg(tiny_set, tmp_path / "run", steps=2, checkpoint_every=2)
     Trainer(cfg).fit()

@@ -16,8 +16,7 @@
 // compute dtype into the next region, and optionally save the activation for the backward pass. They are
 // kept lean on purpose: one general epilogue unrolled 64 times overflowed the instruction cache.
 //
-// Packing the weights is cached (see Plan below). Measured on an H200 (benchmarks/results/probe-*.json):
-// 151 TFLOP/s at 2M points, 141 at 65,536 (CUDA graph), vs 124 / 120 for the same layers through cuBLAS.
+// Packing the weights is cached (see Plan below). Measured speeds and every version's history: docs/mlp_notes.md.
 //
 // The backward pass runs through ATen (mlp_backward_impl in mlp_aten.cpp): whole-batch GEMMs on the
 // saved activations, the weight gradients as [out, N] x [N, in] products (cuBLAS).
@@ -197,7 +196,7 @@ __device__ __forceinline__ void run_layer(const Params& p, const LayerDesc& L, T
 #pragma unroll
       for (int j = 0; j < 4; ++j) b[j] = lds64(bs + j * 256);
       // All MT A fragments first, then the 4 MT MMAs: the shared-memory loads are in flight together
-      // instead of each MMA group waiting on its own load (measured: 62 TFLOP/s with load, MMA, load, ...).
+      // instead of each MMA group waiting on its own load (interleaving them was 2.4x slower, docs/mlp_notes.md).
       uint32_t a[MT][4];
 #pragma unroll
       for (int m = 0; m < MT; ++m) ldmatrix_x4_u32(a[m], abase + m * mstep);
@@ -235,7 +234,7 @@ __device__ __forceinline__ void run_layer(const Params& p, const LayerDesc& L, T
     // Trunk layers (8 of the paper's 10): a lean epilogue, bias + ReLU + one 32-bit shared store per pair
     // (+ one 32-bit global store when saving). The three epilogues share their loop scaffolding on purpose:
     // one general epilogue (every case behind runtime branches) was ~4x the instructions of this one, and
-    // unrolled 64 times it no longer fitted the instruction cache (measured: 65 -> 151 TFLOP/s when split).
+    // unrolled 64 times it no longer fitted the instruction cache (docs/mlp_notes.md, version c3).
     if (L.kind == kHidden) {
       T* act = L.act_off >= 0 ? static_cast<T*>(p.acts) + L.act_off : nullptr;
       const bool pair_store = (L.n_real % 2) == 0;

@@ -13,7 +13,7 @@ identity code is those identity parameters (skull, face, nose, eyes, hair, skin,
 through a fixed random projection to 512-d, i.e. exactly "identity from coefficients" with an ideal tracker
 (the coefficients of a held-out person are its true ones: an upper bound for a real 3DMM fit), while
 `--identity facenet` gives the encoder's code of the very same frames. A real preprocessed set has only the
-encoder's code: no 3DMM ships in a registry package here (/work/shared/ASSETS.md), so the "coefficients"
+encoder's code: no 3DMM ships in a registry package here (docs/preprocess.md), so the "coefficients"
 side needs a second dataset of the same frames whose identity array holds your own tracker's coefficients
 (`dgnerf preprocess import`, docs/preprocess.md).
 
@@ -32,6 +32,12 @@ from dataclasses import dataclass
 import torch
 
 from dgnerf.errors import DgnerfError
+from dgnerf.data.format import read_manifest
+from dgnerf.data import HeadDataset
+from dgnerf.train import TrainConfig, Trainer
+from dgnerf.media import grid, save_png, to_uint8
+from dgnerf.apps.tables import csim_note, header, mean, row
+from dgnerf.apps.fit import fit_person, metric_changes, summarize, targets_from_dataset
 
 
 @dataclass
@@ -46,8 +52,6 @@ class IdentityVariant:
 
 def identity_kind(dataset: str) -> str:
     """Where a dataset's identity codes come from, in words (from its manifest's meta)."""
-    from dgnerf.data.format import read_manifest
-
     meta = read_manifest(dataset).get("meta") or {}
     code = str(meta.get("identity_code", ""))
     if code.startswith("seeded random projection of the ground-truth identity parameters"):
@@ -65,8 +69,6 @@ def identity_kind(dataset: str) -> str:
 def check_same_frames(main: str, other: str, split: str, what: str = "--ablation-identity") -> None:
     """The two datasets must hold the same frames (persons, splits, cameras, expression codes, images of the
     evaluated split) and differ in their identity codes; DgnerfError naming the first difference otherwise."""
-    from dgnerf.data import HeadDataset
-
     a, b = HeadDataset(main, check="none"), HeadDataset(other, check="header")
     if (a.height, a.width) != (b.height, b.width):
         raise DgnerfError(f"{what} {other}: frames are {b.height}x{b.width}, the evaluated dataset's {a.height}x{a.width}; "
@@ -112,8 +114,6 @@ def train_like(checkpoint: str, dataset: str, out: str, steps: int | None = None
     `steps`), into `out`; returns the checkpoint directory. The identity code length comes from `dataset`."""
     from tqdm import tqdm
 
-    from dgnerf.train import TrainConfig, Trainer
-
     tc, done = run_state(checkpoint)
     n = done if steps is None else int(steps)
     if n < 1:
@@ -142,10 +142,8 @@ def train_like(checkpoint: str, dataset: str, out: str, steps: int | None = None
     return path
 
 
-def comparison_png(path: str, targets, results_a, results_b, max_frames: int = 2, scale: int | None = None) -> str:
+def identity_ablation_png(path: str, targets, results_a, results_b, max_frames: int = 2, scale: int | None = None) -> str:
     """Rows: up to `max_frames` frames per person; columns: input | A encoder-only | A fitted | B encoder-only | B fitted."""
-    from dgnerf.train.plots import grid, save_png, to_uint8
-
     tiles = []
     for tg, ra, rb in zip(targets, results_a, results_b):
         for i in range(min(max_frames, len(tg))):
@@ -161,9 +159,6 @@ def identity_ablation(main: IdentityVariant, other: IdentityVariant, main_target
                       csim_reason: str | None = None, progress: bool = True, log=print) -> dict:
     """Fit the held-out people with `other` as `main` was fitted (main_results: evaluate()'s), write
     out/table1_identity.md and out/ablation_identity.png; return {label: {"encoder_only", "fitted", ...}}."""
-    from dgnerf.apps.evaluate import _header, _mean, _row, csim_note
-    from dgnerf.apps.fit import fit_person, metric_changes, summarize, targets_from_dataset
-
     persons = [t.person for t in main_targets]
     targets = targets_from_dataset(other.dataset, other.model.cfg, persons=persons, split=split, max_frames=max_frames,
                                    what="--ablation-identity")
@@ -180,7 +175,7 @@ def identity_ablation(main: IdentityVariant, other: IdentityVariant, main_target
     n = len(results)
     rows = {}
     for v, rs in ((main, main_results[:n]), (other, results)):
-        rows[v.label] = {"encoder_only": _mean([r.metrics_init for r in rs]), "fitted": _mean([r.metrics_fit for r in rs]),
+        rows[v.label] = {"encoder_only": mean([r.metrics_init for r in rs]), "fitted": mean([r.metrics_fit for r in rs]),
                          "checkpoint": v.checkpoint, "dataset": v.dataset, "train_steps": v.train_steps,
                          "persons": {r.person: {"encoder_only": summarize(r.metrics_init), "fitted": summarize(r.metrics_fit)}
                                      for r in rs}}
@@ -191,17 +186,17 @@ def identity_ablation(main: IdentityVariant, other: IdentityVariant, main_target
              f"the same fitting as table2.md ({cfg.iters} steps, lambda_perceptual {cfg.lambda_perceptual:g}). Metrics "
              "inside the head mask, mean over all frames. \"start\" = the identity code the dataset gives the person "
              "(mean over its frames), each frame's expression code and tracked pose, no fitting.", "",
-             _header(["identity code", "training steps", "method"])]
+             header(["identity code", "training steps", "method"])]
     for v in (main, other):
         r = rows[v.label]
-        lines.append(_row(v.label, r["encoder_only"], [steps(v), "start (no fitting)"]))
-        lines.append(_row(v.label, r["fitted"], [steps(v), "fitted"]))
-    lines += ["", "## Per person", "", _header(["person", "identity code", "method"])]
+        lines.append(row(v.label, r["encoder_only"], [steps(v), "start (no fitting)"]))
+        lines.append(row(v.label, r["fitted"], [steps(v), "fitted"]))
+    lines += ["", "## Per person", "", header(["person", "identity code", "method"])]
     for p in [t.person for t in targets[:n]]:
         for v in (main, other):
             r = rows[v.label]["persons"][p]
-            lines.append(_row(p, r["encoder_only"], [v.label, "start"]))
-            lines.append(_row(p, r["fitted"], [v.label, "fitted"]))
+            lines.append(row(p, r["encoder_only"], [v.label, "start"]))
+            lines.append(row(p, r["fitted"], [v.label, "fitted"]))
     lines += ["", csim_note(csim_embedder, csim_reason), "",
               f"Models: {main.label}: `{main.checkpoint}` on `{main.dataset}`; {other.label}: `{other.checkpoint}` on "
               f"`{other.dataset}` (same frames, cameras and expression codes; only the identity code differs).", "",
@@ -210,5 +205,5 @@ def identity_ablation(main: IdentityVariant, other: IdentityVariant, main_target
               "(`dgnerf preprocess import`).", ""]
     with open(os.path.join(out, "table1_identity.md"), "w") as f:
         f.write("\n".join(lines))
-    comparison_png(os.path.join(out, "ablation_identity.png"), main_targets[:n], main_results[:n], results)
+    identity_ablation_png(os.path.join(out, "ablation_identity.png"), main_targets[:n], main_results[:n], results)
     return rows

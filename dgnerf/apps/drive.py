@@ -17,6 +17,13 @@ from dataclasses import dataclass
 import torch
 
 from dgnerf.errors import DgnerfError
+from dgnerf.model import RenderOptions
+from dgnerf.apps.fit import targets_from_dataset
+from dgnerf.data import HeadDataset
+from dgnerf.apps.fit import is_dataset, parse_source
+from dgnerf.codes import load_identity
+from dgnerf.apps.fit import preprocess_inputs
+from dgnerf.media import to_uint8
 
 
 VIDEO_EXTS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
@@ -39,9 +46,6 @@ def driver_from_dataset(root: str, cfg, person: str | None = None, split: str | 
                         max_frames: int | None = None) -> Driver:
     """The frames of one person of a dataset in manifest order (temporal order for a video); person None:
     the dataset must hold one person (in `split` when given)."""
-    from dgnerf.apps.fit import targets_from_dataset
-    from dgnerf.data import HeadDataset
-
     if person is None:
         have = HeadDataset(root, split=split, check="none").split_persons
         if len(have) != 1:
@@ -62,14 +66,11 @@ def target_identity(spec: str, cfg) -> tuple[torch.Tensor, str]:
     extra) -> ([1, I], description)."""
     import os
 
-    from dgnerf.apps.fit import is_dataset, load_identity, parse_source
-    from dgnerf.data import HeadDataset
-
     root, person = parse_source(spec)
     if is_dataset(root):
         ds = HeadDataset(root, check="none")
-        if ds.identity_dim != cfg.z_id_dim:
-            raise DgnerfError(f"--target {spec!r}: identity codes are {ds.identity_dim}-d, the checkpoint expects {cfg.z_id_dim}")
+        if ds.identity_dim != cfg.identity_dim:
+            raise DgnerfError(f"--target {spec!r}: identity codes are {ds.identity_dim}-d, the checkpoint expects {cfg.identity_dim}")
         if person is None:
             if len(ds.persons) != 1:
                 raise DgnerfError(f"--target {spec!r}: the dataset holds {len(ds.persons)} persons; pick one with "
@@ -90,14 +91,12 @@ def target_identity(spec: str, cfg) -> tuple[torch.Tensor, str]:
         # photos or a video of the target: the identity encoder's mean code over its frames (no fitting)
         import tempfile
 
-        from dgnerf.apps.fit import preprocess_inputs
-
         with tempfile.TemporaryDirectory(prefix="dgnerf-target-") as td:
             pre = preprocess_inputs([root], os.path.join(td, "target"), None, resolution=max(64, cfg.image_size),
                                     require_basis=False, what="--target")
             ds = HeadDataset(pre, check="none")
             return ds.arrays["identity"].mean(0, keepdim=True), f"{root} (encoder)"
-    return load_identity(root, cfg.z_id_dim), root
+    return load_identity(root, cfg.identity_dim), root
 
 
 @torch.no_grad()
@@ -106,8 +105,6 @@ def drive_frames(model, z: torch.Tensor, driver: Driver, batch: int = 8, path: s
     """Side-by-side frames [S*scale, 2*S*scale (+gap), 3] uint8: driver | result."""
     import numpy as np
     from tqdm import tqdm
-
-    from dgnerf.train.plots import to_uint8
 
     dev = next(model.parameters()).device
     model.eval()
@@ -119,7 +116,7 @@ def drive_frames(model, z: torch.Tensor, driver: Driver, batch: int = 8, path: s
         n = driver.c2w[sl].shape[0]
         gaze = driver.gaze[sl].to(dev) if driver.gaze is not None and model.cfg.gaze_dim else None
         out = model(z.expand(n, -1), driver.expression[sl].to(dev), driver.c2w[sl].to(dev),
-                    driver.intrinsics[sl].to(dev), path=path, gaze=gaze)["image"].float().cpu()
+                    driver.intrinsics[sl].to(dev), gaze=gaze, options=RenderOptions(path=path)).image.float().cpu()
         for k in range(n):
             left, right = to_uint8(driver.image[i + k]), to_uint8(out[k])
             gap = np.full((left.shape[0], 2, 3), 255, np.uint8)

@@ -15,44 +15,21 @@ import time
 
 import torch
 
+from dgnerf.apps.tables import HIGHER_IS_BETTER, METRICS, csim_note, header, mean, row
 from dgnerf.errors import DgnerfError
+from dgnerf.model.checkpoint import read_checkpoint
+from dgnerf.media import grid, save_png, to_uint8
+from dgnerf.apps.fit import FitConfig, comparison_png, fit_person, metric_changes, summarize, targets_from_dataset
+from dgnerf.data import HeadDataset
+from dgnerf.apps.ablation import check_same_frames
+from dgnerf.apps.ablation import IdentityVariant, identity_ablation, identity_kind
 
-METRICS = (("l1", "L1 ↓", "{:.4f}"), ("psnr", "PSNR ↑", "{:.2f}"), ("ssim", "SSIM ↑", "{:.3f}"), ("lpips", "LPIPS ↓", "{:.3f}"),
-           ("csim", "CSIM ↑", "{:.3f}"))
-HIGHER_IS_BETTER = ("psnr", "ssim", "csim")
 PAPER_TABLE2 = {"paper, ours (fitted)": {"l1": 0.038, "psnr": 23.45, "ssim": 0.912},
                 "paper, HeadNeRF (fitted)": {"l1": 0.051, "psnr": 21.02, "ssim": 0.885}}
 
 
-def _row(name: str, m: dict, extra: list[str] | None = None) -> str:
-    cells = [name] + (extra or []) + [fmt.format(m[k]) if k in m else "n/a" for k, _, fmt in METRICS]
-    return "| " + " | ".join(cells) + " |"
-
-
-def _header(first: list[str]) -> str:
-    names = first + [title for _, title, _ in METRICS]
-    return "| " + " | ".join(names) + " |\n|" + "|".join(["---"] * len(names)) + "|"
-
-
-def csim_note(embedder, reason) -> str:
-    """The line under a table that says how CSIM was computed, or why its column is n/a."""
-    if embedder is not None:
-        return (f"CSIM: cosine of {getattr(embedder, 'name', 'the identity encoder')} features of render and ground truth "
-                "(both white outside the head mask; FaceNet's face crop from the tracked landmarks when the set has "
-                "them, else the head mask's box).")
-    return f"CSIM: n/a, not computed: {reason or 'no identity encoder given'}."
-
-
-def _mean(per_frame: list[dict]) -> dict:
-    """Mean over all frames of a list of {metric: [n] tensor}."""
-    keys = set(per_frame[0]).intersection(*per_frame[1:]) if per_frame else set()
-    return {k: float(torch.cat([m[k].double() for m in per_frame]).mean()) for k in keys}
-
-
 def overview_png(path: str, targets, results, scale: int | None = None) -> str:
     """One row per person (its first frame): input | encoder-only | fitted."""
-    from dgnerf.train.plots import grid, save_png, to_uint8
-
     tiles = []
     for tg, r in zip(targets, results):
         tiles += [to_uint8(tg.image[0]), to_uint8(r.render_init[0]), to_uint8(r.render_fit[0])]
@@ -66,8 +43,6 @@ def _train_steps(checkpoint: str) -> int | None:
     if not checkpoint:
         return None
     try:
-        from dgnerf.checkpoint import read_checkpoint
-
         return int(json.loads(read_checkpoint(checkpoint)[2].get("train_step", "null")))
     except Exception:
         return None
@@ -83,9 +58,6 @@ def evaluate(model, dataset: str, out: str, split: str = "test", persons: list[s
     other identity code) and return the report dict.
     csim_embedder: identity encoder for CSIM (dgnerf.metrics.facenet_embedder()); without one the tables
     show n/a and say why (csim_reason)."""
-    from dgnerf.apps.fit import FitConfig, comparison_png, fit_person, metric_changes, summarize, targets_from_dataset
-    from dgnerf.data import HeadDataset
-
     cfg = (cfg or FitConfig()).check()
     splits = sorted(set(HeadDataset(dataset, check="none").person_splits.values()))
     if split not in splits:
@@ -96,8 +68,6 @@ def evaluate(model, dataset: str, out: str, split: str = "test", persons: list[s
     if ablation_lambda is not None and vgg is None:
         raise DgnerfError("--ablation-lambda needs the VGG16 weights (`dgnerf assets fetch --only vgg16`)")
     if ablation_identity is not None:
-        from dgnerf.apps.ablation import check_same_frames
-
         check_same_frames(dataset, ablation_identity.dataset, split)
     targets = targets_from_dataset(dataset, model.cfg, persons=persons, split=split, max_frames=max_frames)
     os.makedirs(out, exist_ok=True)
@@ -113,8 +83,8 @@ def evaluate(model, dataset: str, out: str, split: str = "test", persons: list[s
             log("[eval] interrupted: the tables cover the persons fitted so far")
             break
     targets = targets[:len(results)]
-    overall_init = _mean([r.metrics_init for r in results])
-    overall_fit = _mean([r.metrics_fit for r in results])
+    overall_init = mean([r.metrics_init for r in results])
+    overall_fit = mean([r.metrics_fit for r in results])
     frames = sum(len(t) for t in targets)
     lam = cfg.lambda_perceptual
     lines = [f"# Fitting held-out people (Table 2 form)", "",
@@ -122,15 +92,15 @@ def evaluate(model, dataset: str, out: str, split: str = "test", persons: list[s
              f"{model.cfg.image_size}x{model.cfg.image_size} px. Metrics inside the head mask, mean over all frames. "
              f"Fitting: {cfg.iters} steps, lambda_perceptual {lam:g}" +
              (f", fine-tune {cfg.finetune_iters} steps" if cfg.finetune_iters else "") + ".", "",
-             _header(["method"]),
-             _row("encoder-only initialisation (no fitting)", overall_init),
-             _row("fitted (dgnerf fit)", overall_fit), "", csim_note(csim_embedder, csim_reason), "",
+             header(["method"]),
+             row("encoder-only initialisation (no fitting)", overall_init),
+             row("fitted (dgnerf fit)", overall_fit), "", csim_note(csim_embedder, csim_reason), "",
              "For reference only (the paper's own data and resolution, not comparable):", "",
-             _header(["method"])] + [_row(k, v) for k, v in PAPER_TABLE2.items()] + [
-             "", "## Per person", "", _header(["person", "frames", "method"])]
+             header(["method"])] + [row(k, v) for k, v in PAPER_TABLE2.items()] + [
+             "", "## Per person", "", header(["person", "frames", "method"])]
     for tg, r in zip(targets, results):
-        lines.append(_row(tg.person, summarize(r.metrics_init), [str(len(tg)), "encoder-only"]))
-        lines.append(_row(tg.person, summarize(r.metrics_fit), [str(len(tg)), "fitted"]))
+        lines.append(row(tg.person, summarize(r.metrics_init), [str(len(tg)), "encoder-only"]))
+        lines.append(row(tg.person, summarize(r.metrics_fit), [str(len(tg)), "fitted"]))
     wins = {k: (overall_fit[k] > overall_init[k]) if k in HIGHER_IS_BETTER else (overall_fit[k] < overall_init[k])
             for k in overall_fit}
     lines += ["", "Fitted beats the encoder-only initialisation on: " +
@@ -163,16 +133,14 @@ def evaluate(model, dataset: str, out: str, split: str = "test", persons: list[s
                 log(f"[eval] ablation {name}, {tg.person}: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(b.items())))
                 if rs[-1].interrupted:
                     break
-            rows[name] = _mean([r.metrics_fit for r in rs])
+            rows[name] = mean([r.metrics_fit for r in rs])
         tab = ["# Ablation: perceptual loss weight in fitting (Table 1 form)", "",
-               f"Same persons, frames and schedule as table2.md ({cfg.iters} steps).", "", _header(["fitting loss"])]
-        tab += [_row(k, v) for k, v in rows.items()] + ["", csim_note(csim_embedder, csim_reason), ""]
+               f"Same persons, frames and schedule as table2.md ({cfg.iters} steps).", "", header(["fitting loss"])]
+        tab += [row(k, v) for k, v in rows.items()] + ["", csim_note(csim_embedder, csim_reason), ""]
         with open(os.path.join(out, "table1_ablation.md"), "w") as f:
             f.write("\n".join(tab))
         report["ablation"] = rows
     if ablation_identity is not None and not interrupted:
-        from dgnerf.apps.ablation import IdentityVariant, identity_ablation, identity_kind
-
         main = IdentityVariant(identity_kind(dataset), model, dataset, checkpoint, _train_steps(checkpoint))
         if ablation_identity.label == main.label:
             ablation_identity.label += f" ({os.path.basename(os.path.normpath(ablation_identity.dataset))})"

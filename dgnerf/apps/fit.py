@@ -36,6 +36,13 @@ import torch
 import torch.nn.functional as Fn
 
 from dgnerf.errors import DgnerfError
+from dgnerf.model import RenderOptions
+from dgnerf.data import HeadDataset
+from dgnerf.preprocess.pipeline import Options, run
+from dgnerf.metrics import masked_metrics
+from dgnerf.losses import perceptual_loss
+from dgnerf.metrics import masked_mse
+from dgnerf.media import grid, save_png, to_uint8
 
 
 @dataclass
@@ -154,14 +161,12 @@ def targets_from_dataset(root: str, cfg, persons: list[str] | None = None, split
                          max_frames: int | None = None, what: str = "dataset") -> list[FitTarget]:
     """One FitTarget per person (all persons of `split`, or the given ones) at the model's image size,
     intrinsics scaled to feature-map pixels. max_frames: evenly spaced frames per person."""
-    from dgnerf.data import HeadDataset
-
     ds = HeadDataset(root, split=split, check="header")
     if ds.width != ds.height:
         raise DgnerfError(f"{what} {root}: frames must be square, got {ds.height}x{ds.width}")
-    if ds.identity_dim != cfg.z_id_dim or ds.expression_dim != cfg.beta_dim:
+    if ds.identity_dim != cfg.identity_dim or ds.expression_dim != cfg.expression_dim:
         raise DgnerfError(f"{what} {root}: codes are identity {ds.identity_dim}-d / expression {ds.expression_dim}-d, "
-                          f"the checkpoint expects {cfg.z_id_dim}-d / {cfg.beta_dim}-d")
+                          f"the checkpoint expects {cfg.identity_dim}-d / {cfg.expression_dim}-d")
     have = ds.split_persons
     if persons is None:
         persons = have
@@ -234,7 +239,6 @@ def preprocess_inputs(inputs: list[str], out: str, basis: str | None, resolution
     if basis is None and require_basis:
         raise DgnerfError("--expression-basis: required for a raw video/image folder: the training dataset (or its "
                           "expression_basis.safetensors) whose basis the model's expression codes live in")
-    from dgnerf.preprocess.pipeline import Options, run
 
     opts = Options(resolution=resolution, expression_basis=basis, split=split, max_frames=max_frames, stride=stride,
                    overwrite=True)
@@ -268,8 +272,6 @@ def corrected_c2w(c2w: torch.Tensor, rot: torch.Tensor, trans: torch.Tensor) -> 
 
 def image_metrics(pred, target, mask, vgg=None, embedder=None, landmarks=None) -> dict:
     """Per-image masked L1, PSNR, SSIM (and LPIPS with a VGG, CSIM with an identity embedder) -> {name: [N] tensor}."""
-    from dgnerf.metrics import masked_metrics
-
     return masked_metrics(pred, target, mask, vgg=vgg, embedder=embedder, landmarks=landmarks)
 
 
@@ -280,8 +282,8 @@ def render(model, z, beta, c2w, K, batch: int = 8, path: str = "fast", gaze=None
     outs = []
     for i in range(0, z.shape[0], batch):
         g = None if gaze is None else gaze[i:i + batch]
-        outs.append(model(z[i:i + batch], beta[i:i + batch], c2w[i:i + batch], K[i:i + batch], path=path,
-                          gaze=g)["image"].float())
+        outs.append(model(z[i:i + batch], beta[i:i + batch], c2w[i:i + batch], K[i:i + batch], gaze=g,
+                          options=RenderOptions(path=path)).image.float())
     return torch.cat(outs)
 
 
@@ -296,9 +298,6 @@ def fit_person(model, target: FitTarget, cfg: FitConfig | None = None, vgg=None,
     vgg: VGG16Features for lambda_perceptual > 0; metrics_vgg: for LPIPS in the metrics (None: no LPIPS);
     csim_embedder: for CSIM in the metrics (dgnerf.metrics.facenet_embedder(); None: no CSIM)."""
     from tqdm import tqdm
-
-    from dgnerf.losses import perceptual_loss
-    from dgnerf.metrics import masked_mse
 
     cfg = (cfg or FitConfig()).check()
     if cfg.lambda_perceptual > 0 and vgg is None:
@@ -344,7 +343,8 @@ def fit_person(model, target: FitTarget, cfg: FitConfig | None = None, vgg=None,
                 sl = slice(i, i + cfg.batch)
                 n = img[sl].shape[0]
                 z, beta, c2w = (z0 + dz).expand(n, -1), beta0[sl] + db[sl], corrected_c2w(c2w0[sl], rot[sl], trans[sl])
-                out = net(z, beta, c2w, K[sl], path=cfg.path, gaze=None if gaze is None else gaze[sl])["image"].float()
+                out = net(z, beta, c2w, K[sl], gaze=None if gaze is None else gaze[sl],
+                          options=RenderOptions(path=cfg.path)).image.float()
                 l2 = masked_mse(out, img[sl], msk[sl])
                 data = l2.sum() / N
                 if cfg.lambda_perceptual > 0:
@@ -451,8 +451,6 @@ def fit_person(model, target: FitTarget, cfg: FitConfig | None = None, vgg=None,
 
 def comparison_png(path: str, target: FitTarget, res: FitResult, max_cols: int = 8, scale: int | None = None) -> str:
     """Rows: input, encoder-only render, fitted render, mean |fitted - input| inside the mask (x4, grey)."""
-    from dgnerf.train.plots import grid, save_png, to_uint8
-
     N = len(target)
     pick = [int(i) for i in torch.linspace(0, N - 1, min(N, max_cols)).round()]
     err = ((res.render_fit - target.image).abs().mean(1, keepdim=True) * target.mask * 4).clamp(0, 1).expand(-1, 3, -1, -1)
@@ -500,40 +498,3 @@ def save_codes(path: str, targets: list[FitTarget], results: list[FitResult], me
     return path
 
 
-def save_identity(path: str, z: torch.Tensor) -> str:
-    """{'identity': [I]}: readable by `dgnerf render --identity` and `dgnerf drive --target`."""
-    from safetensors.torch import save_file
-
-    save_file({"identity": z.reshape(-1).contiguous().float()}, path, metadata={"format": "dgnerf-identity-code"})
-    return path
-
-
-def load_identity(path: str, dim: int) -> torch.Tensor:
-    """An identity code [1, dim] from a fit's codes.safetensors (its single person), an identity file, or
-    anything `dgnerf render --identity` reads."""
-    from safetensors import safe_open
-
-    from dgnerf.commands.render import load_code
-
-    if path.endswith(".safetensors"):
-        try:
-            with safe_open(path, "pt") as f:
-                keys = list(f.keys())
-                meta = f.metadata() or {}
-                if meta.get("format") == "dgnerf-fit-codes":
-                    z = f.get_tensor("identity")
-                    if z.shape[0] != 1:
-                        import json
-
-                        raise DgnerfError(f"--target {path!r} holds the codes of {z.shape[0]} persons "
-                                          f"{json.loads(meta.get('persons', '[]'))}; pass one of the "
-                                          "identity_<person>.safetensors files written beside it")
-                    if z.shape[1] != dim:
-                        raise DgnerfError(f"--target {path!r}: identity is {z.shape[1]}-d, the checkpoint expects {dim}")
-                    return z.float()
-        except DgnerfError:
-            raise
-        except Exception:
-            keys = None  # not readable here: load_code reports it
-        del keys
-    return load_code(path, dim, "identity")

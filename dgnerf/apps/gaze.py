@@ -19,6 +19,9 @@ from __future__ import annotations
 import torch
 
 from dgnerf.errors import DgnerfError
+from dgnerf.apps.interp import person_codes
+from dgnerf.camera import view_c2w, world_frame
+from dgnerf.media import grid, to_uint8
 
 
 def gaze_axes(cfg, names=None, x=None, y=None) -> tuple[list[int], list[int]]:
@@ -78,8 +81,8 @@ def gaze_grid(model, z, beta, c2w, intrinsics, values: torch.Tensor, batch: int 
     images = []
     for i in range(0, n, batch):
         k = g[i:i + batch].shape[0]
-        out = model(z.expand(k, -1), beta.expand(k, -1), c2w.expand(k, 4, 4), K.expand(k, 4), path="fast",
-                    gaze=g[i:i + batch])["image"]
+        out = model(z.expand(k, -1), beta.expand(k, -1), c2w.expand(k, 4, 4), K.expand(k, 4),
+                    gaze=g[i:i + batch]).image
         images += list(out.float().cpu())
     return images
 
@@ -89,9 +92,6 @@ def gaze_figure(model, dataset, person: str, steps: int = 5, spread: float = 2.0
     """-> (uint8 [H,W,3] grid, values [steps, steps, G]): `person`'s mean identity at the set's mean expression,
     seen by the dataset's typical camera (its world's frontal view) turned by `yaw` degrees, over the gaze grid of
     gaze_values()."""
-    from dgnerf.apps.interp import person_codes, view_c2w, world_frame
-    from dgnerf.train.plots import grid, to_uint8
-
     cfg = model.cfg
     meta = dataset.manifest.get("meta") or {}
     # a `dgnerf realvideo` set keeps the preprocessor's meta under source_meta

@@ -2,9 +2,11 @@
 one end to the other (disentanglement: an identity row keeps the expression, and vice versa)."""
 from __future__ import annotations
 
-import math
-
 import torch
+
+from dgnerf.camera import view_c2w, world_frame
+from dgnerf.errors import DgnerfError
+from dgnerf.media import grid, to_uint8
 
 
 def slerp_norm(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -13,38 +15,6 @@ def slerp_norm(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tenso
     z = (1 - t)[:, None] * a + t[:, None] * b
     target = (1 - t) * a.norm() + t * b.norm()
     return z / z.norm(dim=-1, keepdim=True).clamp_min(1e-12) * target[:, None]
-
-
-def world_frame(c2w: torch.Tensor) -> torch.Tensor:
-    """The axis-aligned rotation W [3,3] (a signed permutation, det +1) nearest to the mean orientation of a
-    dataset's cameras c2w [N,4,4]: the frame in which `orbit_c2w`'s frontal view (looking along +z, y down,
-    dgnerf.camera) is the dataset's. I for the built-in set; diag(1, -1, -1) for a preprocessed video (world =
-    MediaPipe's face frame, +y up, +z out of the face, the camera in front at +z)."""
-    import itertools
-
-    M = c2w[:, :3, :3].double().mean(0)
-    best, score = torch.eye(3, dtype=torch.float64), -math.inf
-    for perm in itertools.permutations(range(3)):
-        for signs in itertools.product((1.0, -1.0), repeat=3):
-            P = torch.zeros(3, 3, dtype=torch.float64)
-            for i in range(3):
-                P[i, perm[i]] = signs[i]
-            if torch.det(P) > 0 and float((P * M).sum()) > score:
-                best, score = P, float((P * M).sum())
-    return best.float()
-
-
-def view_c2w(yaw, pitch=0.0, distance: float = 4.0, world: torch.Tensor | None = None, device=None,
-             roll=0.0) -> torch.Tensor:
-    """orbit_c2w(yaw, pitch, roll, distance) [1,4,4] turned into a dataset's world (world_frame; None = the built-in
-    convention): yaw 0 is the dataset's frontal view, positive yaw shows more of the head's side on the image's left."""
-    from dgnerf.camera import orbit_c2w
-
-    c2w = orbit_c2w(float(yaw), float(pitch), float(roll), distance, device=device)
-    if world is not None:
-        c2w = c2w.clone()
-        c2w[:, :3, :] = world.to(c2w) @ c2w[:, :3, :]
-    return c2w
 
 
 @torch.no_grad()
@@ -66,7 +36,7 @@ def interpolation_grid(model, z_a, z_b, beta_a, beta_b, yaws=(-25.0, 0.0, 25.0),
         for i in range(0, steps, batch):
             sl = slice(i, i + batch)
             n = zs[sl].shape[0]
-            out = model(zs[sl], bs[sl], c2w[sl], K.expand(n, 4), path="fast")["image"]
+            out = model(zs[sl], bs[sl], c2w[sl], K.expand(n, 4)).image
             images += list(out.float().cpu())
     return images
 
@@ -74,8 +44,6 @@ def interpolation_grid(model, z_a, z_b, beta_a, beta_b, yaws=(-25.0, 0.0, 25.0),
 def person_codes(dataset, person: str):
     """(mean identity [I], expression rows [n,E], c2w rows [n,4,4], intrinsics rows [n,4] in image pixels) of
     one person of a HeadDataset; DgnerfError naming the persons when it is not there."""
-    from dgnerf.errors import DgnerfError
-
     rows = [j for j, f in enumerate(dataset.frames) if f.person == person]
     if not rows:
         have = dataset.persons
@@ -90,8 +58,6 @@ def interpolation_figure(model, dataset, person_a: str, person_b: str, steps: in
     yaw), below the expression grid (A's identity between A's two most different expressions).
     The camera is the dataset's typical one (median distance and focal, its world's frontal view: world_frame)."""
     import numpy as np
-
-    from dgnerf.train.plots import grid, to_uint8
 
     za, Ea, _, _ = person_codes(dataset, person_a)
     zb, _, _, _ = person_codes(dataset, person_b)

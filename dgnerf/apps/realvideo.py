@@ -43,9 +43,20 @@ import torch
 
 from dgnerf.errors import DgnerfError
 from dgnerf.fileio import atomic_write_bytes, atomic_write_text
+from dgnerf.data.format import MANIFEST, check_dataset, format_problems, load_arrays, read_manifest
+from dgnerf.data import DatasetWriter
+from dgnerf.train import TrainConfig
+from dgnerf.train.trainer import Trainer
+from dgnerf.media import grid, to_uint8
+from dgnerf.model.checkpoint import load_checkpoint
+from dgnerf.data import HeadDataset
+from dgnerf.metrics import masked_metrics
+from dgnerf.media import loss_curve_png
+from dgnerf.train.trainer import FrameStore
+from dgnerf.losses import load_vgg16
 
-# 16x16x64 feature map -> 3 renderer blocks -> 128x128 image; a demo-sized field MLP. Measured on one Zen 4
-# core: ~0.35-0.4 s per training step of 8 images, so ~9000 steps per CPU hour.
+# 16x16x64 feature map -> 3 renderer blocks -> 128x128 image; a demo-sized field MLP (its speed per step:
+# docs/realvideo.md).
 REALVIDEO_MODEL = dict(feature_size=16, image_size=128, renderer_channels=(64, 32, 16), mlp_depth=4, mlp_width=96,
                        skip_layer=2, dir_width=48, feature_dim=64, n_samples=24, pos_freqs=6, dir_freqs=2)
 PREPARE_FILE = "realvideo_prepare.json"
@@ -118,8 +129,6 @@ def select_split(frame_count: int, train_spec: str, test_spec: str) -> tuple[lis
 # ---------------------------------------------------------------------------------------------------- prepare
 def _source_frames(data: str, person: str | None):
     """(manifest, arrays, person id, [manifest row of the person's frame k])."""
-    from dgnerf.data.format import MANIFEST, check_dataset, format_problems, load_arrays, read_manifest
-
     if not os.path.isdir(data):
         raise DgnerfError(f"data: {data!r} is not a directory (expected a dataset made by `dgnerf preprocess`)")
     if not os.path.isfile(os.path.join(data, MANIFEST)):
@@ -142,8 +151,6 @@ def _source_frames(data: str, person: str | None):
 def prepare(cfg: RealVideoConfig, log=print) -> dict:
     """Writes OUT/data (see the module doc) unless it is already there with the same settings."""
     from PIL import Image
-
-    from dgnerf.data import DatasetWriter
 
     if cfg.identity not in ("mean", "frame"):
         raise DgnerfError(f"identity: expected 'mean' or 'frame', got {cfg.identity!r}")
@@ -216,8 +223,6 @@ def prepare(cfg: RealVideoConfig, log=print) -> dict:
 
 # ---------------------------------------------------------------------------------------------------- train
 def train_config(cfg: RealVideoConfig):
-    from dgnerf.train import TrainConfig
-
     return TrainConfig(data=os.path.join(cfg.out, "data"), out=os.path.join(cfg.out, "run"), model=dict(cfg.model),
                        batch_size=cfg.batch_size, steps=cfg.steps, lr=cfg.lr, lr_final=cfg.lr_final,
                        lambda_perceptual=cfg.lambda_perceptual, background_weight=cfg.background_weight,
@@ -228,8 +233,6 @@ def train_config(cfg: RealVideoConfig):
 
 
 def train_stage(cfg: RealVideoConfig, resume: bool, log=print) -> dict:
-    from dgnerf.train.trainer import Trainer
-
     tc = train_config(cfg)
     ckpts = os.path.join(tc.out, "checkpoints")
     if os.path.isdir(ckpts) and os.listdir(ckpts) and not resume:
@@ -297,9 +300,9 @@ def render_split(model, store, device, chunk: int = 8) -> dict:
     preds, imgs, masks = [], [], []
     for i in range(0, len(store), chunk):
         b = store.batch(list(range(i, min(len(store), i + chunk))), device)
-        extra = {"gaze": b["gaze"]} if getattr(model.cfg, "gaze_dim", 0) else {}  # optional gaze conditioning
-        out = model(b["identity"], b["expression"], b["c2w"], b["intrinsics"], path="fast", **extra)
-        preds.append(out["image"].float().clamp(0, 1).cpu())
+        gaze = b["gaze"] if model.cfg.gaze_dim else None  # optional gaze conditioning
+        out = model(b["identity"], b["expression"], b["c2w"], b["intrinsics"], gaze=gaze)
+        preds.append(out.image.float().clamp(0, 1).cpu())
         imgs.append(b["image"].cpu())
         masks.append(b["mask"].cpu())
     return {"pred": torch.cat(preds), "image": torch.cat(imgs), "mask": torch.cat(masks)}
@@ -319,8 +322,6 @@ def half_resolution(r: dict) -> dict:
 def error_sheet(r: dict, labels: list[str], scores: list[float] | None = None, gain: float = 4.0, scale: int = 1):
     """Rows: ground truth, render, |render - truth| x gain inside the mask (grey outside) -> uint8 image."""
     from PIL import Image, ImageDraw
-
-    from dgnerf.train.plots import grid, to_uint8
 
     n = r["pred"].shape[0]
     err = ((r["pred"] - r["image"]).abs().mean(1, keepdim=True) * gain).clamp(0, 1)
@@ -364,12 +365,6 @@ def _rotation_deg(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def evaluate_stage(cfg: RealVideoConfig, log=print, curve: bool = True) -> dict:
     """Scores the latest checkpoint of OUT/run on the held-out and training frames; writes the report files."""
-    from dgnerf.checkpoint import load_checkpoint
-    from dgnerf.data import HeadDataset
-    from dgnerf.metrics import masked_metrics
-    from dgnerf.train.plots import loss_curve_png
-    from dgnerf.train.trainer import FrameStore
-
     data, run = os.path.join(cfg.out, "data"), os.path.join(cfg.out, "run")
     ckpts = list_checkpoints(run)
     if not ckpts:
@@ -384,8 +379,6 @@ def evaluate_stage(cfg: RealVideoConfig, log=print, curve: bool = True) -> dict:
     frame_idx = {k: [int(f.source.rsplit("frame_index=", 1)[1]) for f in ds.frames] for k, ds in sets.items()}
     vgg = None
     if cfg.lpips:
-        from dgnerf.losses import load_vgg16
-
         try:
             vgg = load_vgg16(device=device)
         except DgnerfError as e:

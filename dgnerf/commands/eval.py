@@ -8,13 +8,17 @@ from __future__ import annotations
 import os
 
 from dgnerf.errors import DgnerfError
+from dgnerf.apps.evaluate import evaluate
+from dgnerf.commands.fit import fit_config
+from dgnerf.commands._common import load_model, vggs
+from dgnerf.metrics import csim_embedder
+from dgnerf.apps.ablation import IdentityVariant, check_same_frames, identity_kind, run_state, train_like
+from dgnerf.commands._common import load_model
+from dgnerf.apps.evaluate import _train_steps
+from dgnerf.commands.fit import add_fit_arguments
 
 
 def run(args):
-    from dgnerf.apps.evaluate import evaluate
-    from dgnerf.commands.fit import fit_config, load_model, vggs
-    from dgnerf.metrics import csim_embedder
-
     cfg = fit_config(args)
     if not os.path.isfile(os.path.join(args.dataset, "manifest.json")):
         raise DgnerfError(f"--dataset {args.dataset!r}: not a dgnerf dataset (no manifest.json)")
@@ -47,8 +51,6 @@ def identity_variant(args, device):
             raise DgnerfError("--ablation-identity-checkpoint/-train/-steps: give the dataset with the other identity code "
                               "as --ablation-identity D2")
         return None
-    from dgnerf.apps.ablation import IdentityVariant, check_same_frames, identity_kind, run_state, train_like
-    from dgnerf.commands.fit import load_model
 
     d2 = args.ablation_identity
     if not os.path.isfile(os.path.join(d2, "manifest.json")):
@@ -67,14 +69,11 @@ def identity_variant(args, device):
     else:
         ckpt = args.ablation_identity_checkpoint
     model = load_model(ckpt, str(device), flag="--ablation-identity-" + ("train" if args.ablation_identity_train else "checkpoint"))
-    from dgnerf.apps.evaluate import _train_steps
 
     return IdentityVariant(identity_kind(d2), model, d2, os.path.abspath(ckpt), _train_steps(ckpt))
 
 
 def register(sub):
-    from dgnerf.commands.fit import add_fit_arguments
-
     p = sub.add_parser("eval", help="the paper's fitting metrics on held-out people (Markdown tables + figures)",
                        description="Fit every person of the held-out split and report masked L1/PSNR/SSIM/LPIPS of the "
                                    "encoder-only initialisation and of the fitted codes (Table 2 form).")

@@ -5,7 +5,16 @@ from __future__ import annotations
 
 import os
 
+from dgnerf.commands._common import csim_info, load_model, vggs
 from dgnerf.errors import DgnerfError
+from dgnerf.apps.fit import FitConfig
+from dgnerf.apps.fit import is_dataset, parse_source, preprocess_inputs, targets_from_dataset
+from dgnerf.data import HeadDataset
+from dgnerf.apps.fit import comparison_png, fit_person, metric_changes, save_codes, summarize
+from dgnerf.codes import save_identity
+from dgnerf.metrics import csim_embedder
+from dgnerf.media import loss_curve_png
+from dgnerf.model.checkpoint import save_checkpoint
 
 
 def add_fit_arguments(p, iters_default: int = 300):
@@ -35,8 +44,6 @@ def add_fit_arguments(p, iters_default: int = 300):
 
 
 def fit_config(args):
-    from dgnerf.apps.fit import FitConfig
-
     return FitConfig(iters=args.iters, lr_identity=args.lr_identity, lr_expression=args.lr_expression,
                      lr_rotation=args.lr_rotation, lr_translation=args.lr_translation, lr_decay=args.lr_decay,
                      lambda_perceptual=args.lambda_perceptual, reg_identity=args.reg_identity,
@@ -45,53 +52,8 @@ def fit_config(args):
                      batch=args.batch).check()
 
 
-def load_model(checkpoint: str, device: str | None, flag: str = "--checkpoint"):
-    """The head model of a checkpoint; its problems (missing, not a checkpoint, corrupted) name `flag`."""
-    import torch
-
-    from dgnerf.checkpoint import load_checkpoint
-
-    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if dev.startswith("cuda") and not torch.cuda.is_available():
-        raise DgnerfError("--device cuda: no CUDA GPU is available (torch.cuda.is_available() is False)")
-    if not checkpoint:
-        raise DgnerfError(f"{flag}: required (a head checkpoint, e.g. RUN/checkpoints/step_XXXXXXXX)")
-    try:
-        return load_checkpoint(checkpoint, device=dev)
-    except DgnerfError as e:
-        raise DgnerfError(f"{flag}: {e}") from None
-
-
-def vggs(args, need_perceptual: bool, log=print):
-    """(VGG for the perceptual loss or None, VGG for LPIPS or None)."""
-    from dgnerf.losses import load_vgg16
-
-    vgg = None
-    if need_perceptual:
-        vgg = load_vgg16()  # raises DgnerfError saying how to fetch it
-    if args.no_lpips:
-        return vgg, None
-    if vgg is None:
-        try:
-            vgg = load_vgg16()
-        except DgnerfError as e:
-            log(f"dgnerf: LPIPS skipped ({e})")
-            return None, None
-    return (vgg if need_perceptual else None), vgg
-
-
-def csim_info(embedder, reason) -> dict:
-    """What the reports say about CSIM: computed with which encoder, or why not."""
-    if embedder is not None:
-        return {"available": True, "embedder": getattr(embedder, "name", type(embedder).__name__)}
-    return {"available": False, "reason": reason}
-
-
 def _resolve_source(args, cfg, workdir: str):
     """-> (targets, description). Datasets directly; raw videos / image folders through the preprocessor."""
-    from dgnerf.apps.fit import is_dataset, parse_source, preprocess_inputs, targets_from_dataset
-    from dgnerf.data import HeadDataset
-
     root, person = parse_source(args.source)
     if not os.path.exists(root):
         raise DgnerfError(f"source {args.source!r}: no such file or directory (expected IMAGES_DIR, VIDEO or DATASET[:person])")
@@ -116,10 +78,6 @@ def _resolve_source(args, cfg, workdir: str):
 
 def run(args):
     import json
-
-    from dgnerf.apps.fit import comparison_png, fit_person, metric_changes, save_codes, save_identity, summarize
-    from dgnerf.metrics import csim_embedder
-    from dgnerf.train.plots import loss_curve_png
 
     cfg = fit_config(args)
     if os.path.exists(args.out) and not os.path.isdir(args.out):
@@ -147,8 +105,6 @@ def run(args):
                        title=f"fitting {tg.person} (log scale)")
         save_identity(os.path.join(args.out, f"identity_{tg.person}.safetensors"), res.identity)
         if res.model is not None:
-            from dgnerf.checkpoint import save_checkpoint
-
             save_checkpoint(os.path.join(args.out, f"model_finetuned_{tg.person}.safetensors"), res.model,
                             metadata={"note": f"fine-tuned on {tg.person} by dgnerf fit", "finetune_iters": cfg.finetune_iters})
         report["persons"][tg.person] = {

@@ -4,6 +4,11 @@ trained with gaze conditioning: one PNG grid, columns = horizontal gaze (image l
 from __future__ import annotations
 
 from dgnerf.errors import DgnerfError
+from dgnerf.apps.gaze import gaze_figure
+from dgnerf.commands._common import load_model
+from dgnerf.commands._common import check_out as _check_out
+from dgnerf.data import HeadDataset
+from dgnerf.media import save_png
 
 
 def _dims(text, flag):
@@ -16,21 +21,15 @@ def _dims(text, flag):
 
 
 def run(args):
-    from dgnerf.apps.gaze import gaze_figure
-    from dgnerf.commands.fit import load_model
-    from dgnerf.commands.render import _check_out
-    from dgnerf.data import HeadDataset
-    from dgnerf.train.plots import save_png
-
     _check_out(args.out, (".png",))
     x, y = _dims(args.x_dims, "--x-dims"), _dims(args.y_dims, "--y-dims")
     if (x is None) != (y is None):
         raise DgnerfError("--x-dims/--y-dims: give both (horizontal and vertical components) or neither")
     model = load_model(args.checkpoint, args.device)
     ds = HeadDataset(args.dataset, check="none")
-    if ds.identity_dim != model.cfg.z_id_dim or ds.expression_dim != model.cfg.beta_dim:
+    if ds.identity_dim != model.cfg.identity_dim or ds.expression_dim != model.cfg.expression_dim:
         raise DgnerfError(f"--dataset {args.dataset}: codes are {ds.identity_dim}-d / {ds.expression_dim}-d, the checkpoint "
-                          f"expects {model.cfg.z_id_dim}-d / {model.cfg.beta_dim}-d")
+                          f"expects {model.cfg.identity_dim}-d / {model.cfg.expression_dim}-d")
     if args.person not in ds.persons:
         raise DgnerfError(f"--person {args.person!r}: not a person of {args.dataset} (it has {ds.persons[:12]}"
                           f"{'...' if len(ds.persons) > 12 else ''})")

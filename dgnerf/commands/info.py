@@ -1,5 +1,6 @@
 """`dgnerf info`: versions, which kernels are built, the CUDA arch list and the CPU's vector ISA, as JSON."""
 import json
+from dgnerf import _ext
 
 
 def register(sub):
@@ -8,6 +9,4 @@ def register(sub):
 
 
 def run(args):
-    from dgnerf import _ext
-
     print(json.dumps(_ext.info(), indent=2))

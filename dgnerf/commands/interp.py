@@ -4,15 +4,14 @@ expression; bottom, A's identity between A's two most different expressions; row
 from __future__ import annotations
 
 from dgnerf.errors import DgnerfError
+from dgnerf.apps.interp import interpolation_figure
+from dgnerf.commands._common import load_model
+from dgnerf.commands._common import check_out as _check_out
+from dgnerf.data import HeadDataset
+from dgnerf.media import save_png
 
 
 def run(args):
-    from dgnerf.apps.interp import interpolation_figure
-    from dgnerf.commands.fit import load_model
-    from dgnerf.commands.render import _check_out
-    from dgnerf.data import HeadDataset
-    from dgnerf.train.plots import save_png
-
     _check_out(args.out, (".png",))
     if args.steps < 2:
         raise DgnerfError(f"--steps: expected >= 2, got {args.steps}")
@@ -24,9 +23,9 @@ def run(args):
         raise DgnerfError(f"--yaws: expected at least one angle, got {args.yaws!r}")
     model = load_model(args.checkpoint, args.device)
     ds = HeadDataset(args.dataset, check="none")
-    if ds.identity_dim != model.cfg.z_id_dim or ds.expression_dim != model.cfg.beta_dim:
+    if ds.identity_dim != model.cfg.identity_dim or ds.expression_dim != model.cfg.expression_dim:
         raise DgnerfError(f"--dataset {args.dataset}: codes are {ds.identity_dim}-d / {ds.expression_dim}-d, the checkpoint "
-                          f"expects {model.cfg.z_id_dim}-d / {model.cfg.beta_dim}-d")
+                          f"expects {model.cfg.identity_dim}-d / {model.cfg.expression_dim}-d")
     for flag, person in (("--person-a", args.person_a), ("--person-b", args.person_b)):
         if person not in ds.persons:
             have = ds.persons

@@ -3,33 +3,15 @@ from __future__ import annotations
 
 import os
 
+from dgnerf.camera import orbit_path
+from dgnerf.commands._common import add_model_args, build_model, check_camera_flags, check_out, codes, render_frames
 from dgnerf.errors import DgnerfError
-
-
-def write_video(frames, out: str, fps: float) -> str:
-    """MP4 through imageio-ffmpeg; if that is unavailable or fails, a GIF next to it. Returns the path written."""
-    import imageio.v2 as imageio
-
-    ext = os.path.splitext(out)[1].lower()
-    if ext == ".mp4":
-        try:
-            with imageio.get_writer(out, fps=fps, codec="libx264", quality=8, macro_block_size=1) as w:
-                for f in frames:
-                    w.append_data(f)
-            return out
-        except Exception as e:  # no ffmpeg backend, codec missing...
-            gif = os.path.splitext(out)[0] + ".gif"
-            print(f"dgnerf orbit: MP4 writing failed ({type(e).__name__}: {e}); writing {gif} instead")
-            out = gif
-    imageio.mimsave(out, frames, duration=1000.0 / fps, loop=0)
-    return out
+from dgnerf.media import write_video
 
 
 def run(args):
-    from dgnerf.camera import orbit_path
-    from dgnerf.commands.render import _check_out, build_model, codes, render_frames
-
-    _check_out(args.out, (".mp4", ".gif"))
+    check_out(args.out, (".mp4", ".gif"))
+    check_camera_flags(args)
     if args.frames <= 0:
         raise DgnerfError(f"--frames: expected a positive number of frames, got {args.frames}")
     if not args.fps > 0:
@@ -46,8 +28,6 @@ def run(args):
 
 
 def register(sub):
-    from dgnerf.commands.render import add_model_args
-
     p = sub.add_parser("orbit", help="render a video of novel views along a camera path around the head",
                        description="Render a closed camera path (yaw and pitch swings around the given pose) "
                                    "as an MP4 (GIF when ffmpeg is unavailable or --out ends in .gif).")

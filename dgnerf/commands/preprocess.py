@@ -1,6 +1,9 @@
 """`dgnerf preprocess VIDEO_OR_IMAGE_DIR... --out DATASET`: real videos -> a training set (docs/preprocess.md);
 `dgnerf preprocess import ...`: a user's own tracking results (3DMM coefficients + poses) -> a dataset."""
 import sys
+from dgnerf.errors import DgnerfError
+from dgnerf.preprocess.importer import import_tracking
+from dgnerf.preprocess.pipeline import Options, run
 
 
 def register(sub):
@@ -33,20 +36,16 @@ def register(sub):
 
 
 def _run(args):
-    from dgnerf.errors import DgnerfError
-
     if args.inputs and args.inputs[0] == "import":
         if len(args.inputs) > 1:
             raise DgnerfError(f"preprocess import: unexpected arguments {args.inputs[1:]}; give the file with --tracking")
         if not args.tracking:
             raise DgnerfError("preprocess import: --tracking TRACK.json (or .npz) is required")
-        from dgnerf.preprocess.importer import import_tracking
 
         res = import_tracking(args.tracking, args.out, args.resolution, args.head_radius, args.full_masks, args.overwrite)
         return 0 if res["kept"] else 1
     if args.tracking:
         raise DgnerfError("--tracking belongs to `dgnerf preprocess import`")
-    from dgnerf.preprocess.pipeline import Options, run
 
     if args.stride < 1:
         raise DgnerfError(f"--stride: expected >= 1, got {args.stride}")

@@ -6,11 +6,12 @@ OUT/heldout.png, OUT/train_frames.png and OUT/curve.png (masked L1/PSNR/SSIM/LPI
 from __future__ import annotations
 
 import json
+from dgnerf.apps.realvideo import REALVIDEO_MODEL, RealVideoConfig
+from dgnerf.errors import DgnerfError
+from dgnerf.apps.realvideo import run_check
 
 
 def register(sub):
-    from dgnerf.apps.realvideo import REALVIDEO_MODEL, RealVideoConfig
-
     d = RealVideoConfig(data="", out="")
     p = sub.add_parser("realvideo", help="real-video check: train on a video's first frames, score the frames that follow",
                        description="Train a single-person model on some frames of a preprocessed video (`dgnerf preprocess`), "
@@ -49,9 +50,6 @@ def register(sub):
 
 
 def config_from_args(args):
-    from dgnerf.apps.realvideo import REALVIDEO_MODEL, RealVideoConfig
-    from dgnerf.errors import DgnerfError
-
     for name in ("steps", "batch_size", "checkpoint_every"):
         if getattr(args, name) < 1:
             raise DgnerfError(f"--{name.replace('_', '-')}: expected a positive integer, got {getattr(args, name)}")
@@ -72,8 +70,6 @@ def config_from_args(args):
 
 def run(args):
     import torch
-
-    from dgnerf.apps.realvideo import run_check
 
     cfg = config_from_args(args)
     threads = torch.get_num_threads()

@@ -2,6 +2,9 @@
 
 Multi-GPU / multi-node: `torchrun --nproc_per_node N -m dgnerf train ...` (or train/train.py)."""
 import json
+from dgnerf.errors import DgnerfError
+from dgnerf.train import TrainConfig
+from dgnerf.train.trainer import setup_distributed, train
 
 
 def add_train_arguments(p):
@@ -29,9 +32,6 @@ def add_train_arguments(p):
 
 
 def config_from_args(args):
-    from dgnerf.errors import DgnerfError
-    from dgnerf.train import TrainConfig
-
     base = {}
     if args.config:
         try:
@@ -60,8 +60,6 @@ def register(sub):
 
 
 def run(args):
-    from dgnerf.train.trainer import setup_distributed, train
-
     cfg = config_from_args(args)
     with setup_distributed():
         result = train(cfg, resume=args.resume)

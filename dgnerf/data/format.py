@@ -26,13 +26,12 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from dgnerf.codes import EXPRESSION_DIM, IDENTITY_DIM
 from dgnerf.errors import DgnerfError
 from dgnerf.fileio import atomic_write_bytes
 
 FORMAT_NAME = "dgnerf-dataset"
 FORMAT_VERSION = 1
-DEFAULT_EXPRESSION_DIM = 46
-DEFAULT_IDENTITY_DIM = 512
 MANIFEST = "manifest.json"
 ARRAYS_SAFETENSORS = "frames.safetensors"
 ARRAYS_NPZ = "frames.npz"
@@ -174,8 +173,8 @@ class DatasetWriter:
         self,
         root: str | os.PathLike,
         resolution,
-        expression_dim: int = DEFAULT_EXPRESSION_DIM,
-        identity_dim: int = DEFAULT_IDENTITY_DIM,
+        expression_dim: int = EXPRESSION_DIM,
+        identity_dim: int = IDENTITY_DIM,
         gaze_dim: int | None = None,
         head_radius: float = 1.0,
         near: float | None = None,

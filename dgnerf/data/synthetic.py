@@ -34,10 +34,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from dgnerf.codes import EXPRESSION_DIM, IDENTITY_DIM
 from dgnerf.errors import DgnerfError
+from dgnerf.camera import pixel_rays
+from dgnerf.data.format import DatasetWriter
+from dgnerf.face.recognition import FaceNet
+from dgnerf.media import grid
 
-IDENTITY_DIM = 512
-EXPRESSION_DIM = 46
 HEAD_RADIUS = 1.5  # everything is clipped to this sphere about the origin
 NECK_CUT = -1.25  # model-frame y below which nothing exists
 _EMBED_SEED = 0x5EED_D6  # fixed: the code projections are the same for every built-in set
@@ -558,8 +561,6 @@ def render_frames(params: list[dict], c2w: np.ndarray, intrinsics: np.ndarray, h
 
 
 def _render(params, c2w, intrinsics, height, width, background, steps, chunk_rays, progress, device, float_out=False):
-    from dgnerf.data.cameras import pixel_rays
-
     F = len(params)
     dev = torch.device(device)
     P_all = _param_table(params)
@@ -740,8 +741,6 @@ def build_synthetic_dataset(out: str | os.PathLike, size: str = "small", seed: i
     | large (540 x 60 at 256 px, the paper's number of people). persons / frames_per_person / test_persons /
     resolution override the preset. The last `test_persons` people are the held-out test split.
     Person k's identity depends only on (seed, k), frame j of person k only on (seed, k, j)."""
-    from dgnerf.data.format import DatasetWriter
-
     if size not in SIZES:
         raise DgnerfError(f"size: expected one of {', '.join(SIZES)}, got {size!r}")
     pre = SIZES[size]
@@ -768,8 +767,6 @@ def build_synthetic_dataset(out: str | os.PathLike, size: str = "small", seed: i
         raise DgnerfError(f"identity: expected 'params' or 'facenet', got {identity!r}")
     encoder = None
     if identity == "facenet":
-        from dgnerf.preprocess.identity import FaceNet
-
         encoder = FaceNet(facenet_graph)
 
     tan_half = 1.38 / 4.6  # the head (radius ~1.2 without the neck) nearly fills the frame
@@ -857,7 +854,6 @@ def build_synthetic_dataset(out: str | os.PathLike, size: str = "small", seed: i
 
         cols = min(6, n_f)
         tiles = [t for _, _, t in sorted(sheet_tiles, key=lambda s: (s[0], s[1]))]
-        from dgnerf.train.plots import grid
 
         sheet = grid(tiles, cols=cols, scale=max(1, 128 // tiles[0].shape[0]), fill=40)
         path = os.path.join(os.fspath(out), "preview.png")

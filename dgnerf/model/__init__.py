@@ -1,6 +1,7 @@
-"""The drivable head model: HeadConfig (every number of DESIGN §2) and HeadModel (reference and fast paths)."""
+"""The drivable head model: HeadConfig (every number of the model), HeadModel (reference and fast paths),
+RenderOptions / Render (how to render, what comes back), checkpoints."""
 from dgnerf.model.config import HeadConfig
 from dgnerf.model.field import FieldMLP, positional_encoding
-from dgnerf.model.head import PATHS, PRECISIONS, STAGES, HeadModel, psnr
+from dgnerf.model.head import HeadModel, PATHS, Render, RenderOptions, STAGES
 
-__all__ = ["HeadConfig", "HeadModel", "FieldMLP", "positional_encoding", "psnr", "PATHS", "PRECISIONS", "STAGES"]
+__all__ = ["HeadConfig", "HeadModel", "Render", "RenderOptions", "FieldMLP", "positional_encoding", "PATHS", "STAGES"]

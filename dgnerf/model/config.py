@@ -1,6 +1,6 @@
-"""HeadConfig: every number of the head model (DESIGN §2), with the paper's defaults.
+"""HeadConfig: every number of the head model (docs/design.md, "The model"), with the paper's defaults.
 
-Geometry conventions (see dgnerf.camera): the head is centred at the world origin and roughly fills
+Geometry conventions (docs/design.md, "Conventions"; dgnerf.camera): the head is centred at the world origin and roughly fills
 the unit sphere; the default camera sits `camera_distance` from the origin and looks at it, and rays
 are sampled in [near, far] along the view direction. Intrinsics are pinhole with the principal point
 at the centre, given at feature-map resolution (feature_size x feature_size).
@@ -12,22 +12,25 @@ import json
 import math
 from dataclasses import dataclass, field
 
+from dgnerf.codes import EXPRESSION_DIM, IDENTITY_DIM
 from dgnerf.errors import DgnerfError
 
 SIGMA_ACTIVATIONS = ("softplus", "relu")
+# Field names of configs written before the codes had one name everywhere (checkpoints keep loading).
+LEGACY_NAMES = {"z_id_dim": "identity_dim", "beta_dim": "expression_dim"}
 
 
 @dataclass
 class HeadConfig:
     # Conditioning codes.
-    z_id_dim: int = 512  # identity code (face-recognition feature)
-    beta_dim: int = 46  # expression coefficients
-    # Field MLP (the layout agreed with dgnerf.ops.field_mlp; DESIGN §2).
+    identity_dim: int = IDENTITY_DIM  # identity code (face-recognition feature)
+    expression_dim: int = EXPRESSION_DIM  # expression coefficients
+    # Field MLP (the layout of dgnerf.ops.field_mlp).
     pos_freqs: int = 10  # gamma(x): x, sin/cos(2^k x), k < 10 -> 63-d
     dir_freqs: int = 4  # gamma(d): d, sin/cos(2^k d), k < 4 -> 27-d
     mlp_depth: int = 8
     mlp_width: int = 256
-    skip_layer: int = 5  # this layer's input is cat([u, h]) with u = [gamma(x), z_id, beta]
+    skip_layer: int = 5  # this layer's input is cat([u, h]) with u = [gamma(x), identity, expression]
     dir_width: int = 128
     feature_dim: int = 512
     # softplus keeps a gradient everywhere (a ReLU density can die during training); "relu" is the
@@ -61,6 +64,11 @@ class HeadConfig:
     # training run learns to use them late. Left out of to_dict() when 1 (existing configs unchanged).
     identity_gain: float = 1.0
     expression_gain: float = 1.0
+    # The training data's world frame: the rotation W (9 numbers, row-major) that turns `orbit_c2w`'s frontal
+    # view into the data's (dgnerf.camera.world_frame: I for the built-in set, diag(1, -1, -1) for a
+    # preprocessed video). Recorded by the trainer; empty = unknown (the built-in convention). Left out of
+    # to_dict() when empty.
+    world_frame: tuple = ()
 
     def __post_init__(self):
         self.renderer_channels = tuple(int(c) for c in self.renderer_channels)
@@ -68,6 +76,9 @@ class HeadConfig:
             self.gaze_mean = tuple(float(v) for v in self.gaze_mean)
         if isinstance(self.gaze_std, (list, tuple)):
             self.gaze_std = tuple(float(v) for v in self.gaze_std)
+        if isinstance(self.world_frame, (list, tuple)):
+            self.world_frame = tuple(float(v) for row in self.world_frame
+                                     for v in (row if isinstance(row, (list, tuple)) else (row,)))
         self.validate()
 
     # ------------------------------------------------------------------ derived sizes
@@ -81,13 +92,22 @@ class HeadConfig:
 
     @property
     def cond_dim(self) -> int:
-        """Width of the conditioning [z_id, beta(, gaze)]."""
-        return self.z_id_dim + self.beta_dim + self.gaze_dim
+        """Width of the conditioning [identity, expression(, gaze)]."""
+        return self.identity_dim + self.expression_dim + self.gaze_dim
 
     @property
     def input_dim(self) -> int:
-        """Width of the unfolded MLP input u = [gamma(x), z_id, beta(, gaze)]."""
+        """Width of the unfolded MLP input u = [gamma(x), identity, expression(, gaze)]."""
         return self.pos_enc_dim + self.cond_dim
+
+    @property
+    def world_rotation(self):
+        """world_frame as a float32 tensor [3, 3], or None when the config has none."""
+        if not self.world_frame:
+            return None
+        import torch
+
+        return torch.tensor(self.world_frame, dtype=torch.float32).reshape(3, 3)
 
     @property
     def focal(self) -> float:
@@ -100,7 +120,7 @@ class HeadConfig:
             if not cond:
                 raise DgnerfError(f"HeadConfig: '{name}' expected {expected}, got {getattr(self, name)!r}")
 
-        for name in ("z_id_dim", "beta_dim", "mlp_depth", "mlp_width", "dir_width", "feature_dim",
+        for name in ("identity_dim", "expression_dim", "mlp_depth", "mlp_width", "dir_width", "feature_dim",
                      "feature_size", "n_samples", "image_size"):
             v = getattr(self, name)
             need(isinstance(v, int) and not isinstance(v, bool) and v > 0, name, "a positive int")
@@ -130,6 +150,9 @@ class HeadConfig:
             v = getattr(self, name)
             need(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0, name,
                  "a finite number > 0 (1 = the paper's raw codes)")
+        need(isinstance(self.world_frame, tuple) and len(self.world_frame) in (0, 9)
+             and all(math.isfinite(v) for v in self.world_frame), "world_frame",
+             "an empty list or a 3x3 rotation (9 finite numbers)")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -142,6 +165,10 @@ class HeadConfig:
         for k in ("identity_gain", "expression_gain"):
             if d[k] == 1.0:
                 del d[k]
+        if self.world_frame:
+            d["world_frame"] = list(self.world_frame)
+        else:
+            del d["world_frame"]
         return d
 
     def to_json(self) -> str:
@@ -151,6 +178,7 @@ class HeadConfig:
     def from_dict(cls, d: dict) -> "HeadConfig":
         if not isinstance(d, dict):
             raise DgnerfError(f"HeadConfig: expected a JSON object, got {type(d).__name__}")
+        d = {LEGACY_NAMES.get(k, k): v for k, v in d.items()}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -171,7 +199,7 @@ class HeadConfig:
     @classmethod
     def tiny(cls, **overrides) -> "HeadConfig":
         """A small config with the same structure, for tests and quick experiments."""
-        base = dict(z_id_dim=16, beta_dim=6, pos_freqs=4, dir_freqs=2, mlp_depth=4, mlp_width=32,
+        base = dict(identity_dim=16, expression_dim=6, pos_freqs=4, dir_freqs=2, mlp_depth=4, mlp_width=32,
                     skip_layer=2, dir_width=16, feature_dim=24, feature_size=8, n_samples=12,
                     renderer_channels=(16, 8), image_size=32)
         base.update(overrides)

@@ -1,8 +1,9 @@
 """Public ops. Each dispatches to the compiled kernel of its device (torch.ops.dgnerf.*) and falls
 back to its pure-PyTorch twin in dgnerf.ops.reference when the extension or the kernel is missing."""
-from dgnerf.ops._common import set_checks
+from dgnerf.ops._common import Precision, checks, set_checks
 from dgnerf.ops.integrate import integrate_features
 from dgnerf.ops.mlp import FieldWeights, field_mlp, fold_conditioning
 from dgnerf.ops.sampling import sample_rays
 
-__all__ = ["FieldWeights", "field_mlp", "fold_conditioning", "integrate_features", "sample_rays", "set_checks"]
+__all__ = ["FieldWeights", "Precision", "checks", "field_mlp", "fold_conditioning", "integrate_features",
+           "sample_rays", "set_checks"]

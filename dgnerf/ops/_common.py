@@ -2,7 +2,10 @@
 (the fallback path and the fake kernels use these; the C++ kernels run their own twins of them)."""
 from __future__ import annotations
 
+import contextlib
+import enum
 import math
+from collections.abc import Iterator
 
 import torch
 
@@ -11,11 +14,52 @@ from dgnerf import _ext
 _checks_enabled = True
 
 
+class Precision(str, enum.Enum):
+    """The arithmetic of the field MLP and the renderer, one type from the CLI to the kernels.
+
+    fp32: exact in the inputs' dtype (float32, or float64 for gradcheck); bf16: bfloat16 operands with
+    float32 accumulation (CPU and CUDA); fp16: float16 operands (CUDA). A str enum: "bf16" == Precision.BF16.
+    """
+
+    FP32 = "fp32"
+    BF16 = "bf16"
+    FP16 = "fp16"
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self.value]
+
+    @property
+    def code(self) -> int:
+        """The kernels' enum (csrc/include/dgnerf/mlp.h): 0 exact, 1 bf16, 2 fp16."""
+        return {"fp32": 0, "bf16": 1, "fp16": 2}[self.value]
+
+    @classmethod
+    def parse(cls, value, who: str, name: str = "precision") -> "Precision":
+        try:
+            return cls(value)
+        except ValueError:
+            raise ValueError(f"{who}: argument '{name}' expected one of {[p.value for p in cls]}, got {value!r}") from None
+
+
 def set_checks(enabled: bool) -> None:
     """Turn the NaN/Inf checks of op inputs and outputs on (default) or off. They cost one small
-    reduction per op and, on CUDA, a host sync; switch them off for CUDA graphs and peak speed."""
+    reduction per op and, on CUDA, a host sync; switch them off for CUDA graphs and peak speed.
+    Prefer the context manager `checks(False)`, which restores the previous state."""
     global _checks_enabled
     _checks_enabled = bool(enabled)
+
+
+@contextlib.contextmanager
+def checks(enabled: bool) -> Iterator[None]:
+    """`with dgnerf.ops.checks(False): ...` runs the block with the NaN/Inf checks off (or on) and restores
+    the previous setting afterwards, also on an exception."""
+    prev = _checks_enabled
+    set_checks(enabled)
+    try:
+        yield
+    finally:
+        set_checks(prev)
 
 
 def checks_enabled() -> bool:

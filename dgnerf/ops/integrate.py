@@ -1,4 +1,4 @@
-"""Feature volume integration (DESIGN §2).
+"""Feature volume integration (docs/design.md, "The model").
 
     feature, opacity, depth = integrate_features(sigma, features, depths, deltas, background, threshold=0.0)
 

@@ -1,4 +1,4 @@
-"""The conditioned field MLP, fused (DESIGN §2-§3): the engine's hottest op.
+"""The conditioned field MLP, fused (docs/design.md, "The model" and "Speed-ups"): the engine's hottest op.
 
     weights = FieldWeights.from_unfolded(layer_weights, layer_biases, sigma_w, sigma_b, dir_w, dir_b,
                                          out_w, out_b, dx=63, skip=5)
@@ -48,9 +48,10 @@ import torch
 import torch.nn.functional as tf
 
 from dgnerf.ops import _common
+from dgnerf.ops._common import Precision
+from dgnerf.ops.reference import field_mlp_reference
 
 OP = "field_mlp"
-PRECISIONS = {"fp32": 0, "bf16": 1, "fp16": 2}
 _FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
@@ -133,24 +134,6 @@ def fold_conditioning(weights: FieldWeights, z_id: torch.Tensor, beta: torch.Ten
     return cond0, cond_skip
 
 
-def field_mlp_folded_torch(x_enc, d_enc, cond0, cond_skip, weights: FieldWeights, output="feature"):
-    """Plain PyTorch on the folded inputs: the fallback when the compiled kernel is missing."""
-    h = torch.relu(tf.linear(x_enc, weights.w0x) + cond0[:, None, :])
-    bi = 0
-    for layer in range(1, weights.depth):
-        w = weights.hidden_w[layer - 1]
-        if layer == weights.skip:
-            h = torch.relu(tf.linear(h, w) + tf.linear(x_enc, weights.skip_wx) + cond_skip[:, None, :])
-        else:
-            h = torch.relu(tf.linear(h, w, weights.hidden_b[bi]))
-            bi += 1
-    sigma = tf.linear(h, weights.sigma_w, weights.sigma_b)[..., 0]
-    hdir = torch.relu(tf.linear(torch.cat([h, d_enc], dim=-1), weights.dir_w, weights.dir_b))
-    if output == "hidden":
-        return sigma, hdir
-    return sigma, tf.linear(hdir, weights.out_w, weights.out_b)
-
-
 def _check(x_enc, d_enc, cond0, cond_skip, weights, output, precision):
     _common.check_tensor(OP, "x_enc", x_enc, dtypes=_FLOATS)
     if x_enc.dim() != 3 or x_enc.numel() == 0:
@@ -170,19 +153,34 @@ def _check(x_enc, d_enc, cond0, cond_skip, weights, output, precision):
     _common.check_tensor(OP, "weights.w0x", weights.w0x, (W, Dx), "[W, Dx] with Dx from 'x_enc'", like=x_enc, like_name="x_enc")
     if output not in ("feature", "hidden"):
         _common.fail(OP, f"argument 'output' expected 'feature' or 'hidden', got {output!r}")
-    if precision not in PRECISIONS:
-        _common.fail(OP, f"argument 'precision' expected one of {list(PRECISIONS)}, got {precision!r}")
+    precision = Precision.parse(precision, f"dgnerf.{OP}")
     if x_enc.device.type == "cpu" and precision == "fp16":
         _common.fail(OP, "argument 'precision' 'fp16' is not supported on CPU (use 'fp32' or 'bf16')")
     if precision != "fp32" and x_enc.dtype == torch.float64:
-        _common.fail(OP, f"argument 'precision' {precision!r} with float64 inputs; use precision='fp32' for float64")
+        _common.fail(OP, f"argument 'precision' {precision.value!r} with float64 inputs; use precision='fp32' for float64")
+    return precision
 
 
-def field_mlp(x_enc, d_enc, cond0, cond_skip, weights: FieldWeights, output="feature", precision="fp32"):
-    _check(x_enc, d_enc, cond0, cond_skip, weights, output, precision)
+def field_mlp(x_enc: torch.Tensor, d_enc: torch.Tensor, cond0: torch.Tensor, cond_skip: torch.Tensor | None,
+              weights: FieldWeights, output: str = "feature",
+              precision: Precision | str = Precision.FP32) -> tuple[torch.Tensor, torch.Tensor]:
+    """The folded field MLP on every point (formulas in the module docstring).
+
+    Args:
+        x_enc: gamma(x) [B, P, Dx], float32 or float64 (CPU), or float16/bfloat16 too on CUDA.
+        d_enc: gamma(d) [B, P, Dd], same dtype and device.
+        cond0: [B, W], the folded conditioning of layer 0 (`fold_conditioning`).
+        cond_skip: [B, W] of the skip layer, or None when `weights.skip` is None.
+        weights: the MLP's parameters (`FieldWeights.from_unfolded`).
+        output: "feature" (F, the last layer applied) or "hidden" (the direction layer's output).
+        precision: "fp32" (exact), "bf16" (CPU and CUDA) or "fp16" (CUDA).
+    Returns:
+        sigma [B, P] (raw, before the density activation) and F [B, P, F] or hidden [B, P, Wd], in x_enc's dtype.
+    """
+    precision = _check(x_enc, d_enc, cond0, cond_skip, weights, output, precision)
     feature = output == "feature"
     if not _common.use_kernel("field_mlp_forward", x_enc.device):
-        sigma, out = field_mlp_folded_torch(x_enc, d_enc, cond0, cond_skip, weights, output)
+        sigma, out = field_mlp_reference(x_enc, d_enc, cond0, cond_skip, weights, output)
     else:
         tensors = [x_enc, d_enc, cond0, cond_skip, weights.w0x, *weights.hidden_w, *weights.hidden_b, weights.skip_wx,
                    weights.sigma_w, weights.sigma_b, weights.dir_w, weights.dir_b, weights.out_w, weights.out_b]
@@ -197,14 +195,14 @@ def field_mlp(x_enc, d_enc, cond0, cond_skip, weights: FieldWeights, output="fea
             [cw(w) for w in weights.hidden_w], [cw(b) for b in weights.hidden_b], cw(weights.skip_wx),
             cw(weights.sigma_w), cw(weights.sigma_b), cw(weights.dir_w),
             cw(weights.dir_b), cw(weights.out_w), cw(weights.out_b),
-            -1 if weights.skip is None else int(weights.skip), feature, PRECISIONS[precision], save,
+            -1 if weights.skip is None else int(weights.skip), feature, precision.code, save,
         )
     if _common.checks_enabled() and not bool(torch.isfinite(sigma).all() & torch.isfinite(out).all()):
         named = {"x_enc": x_enc, "d_enc": d_enc, "cond0": cond0, "cond_skip": cond_skip}
         named.update({f"weights.{k}": getattr(weights, k) for k in ("w0x", "sigma_w", "dir_w", "out_w")})
         named.update({f"weights.hidden_w[{i}]": w for i, w in enumerate(weights.hidden_w)})
         _common.check_finite(OP, named)
-        _common.fail(OP, f"the result is not finite although every input is (overflow in precision {precision!r}?)")
+        _common.fail(OP, f"the result is not finite although every input is (overflow in precision {precision.value!r}?)")
     return sigma, out
 
 

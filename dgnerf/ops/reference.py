@@ -5,6 +5,7 @@ autograd.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as Fn
 
 _M32 = 0xFFFFFFFF
 
@@ -110,7 +111,7 @@ def volume_weights(sigma, deltas, threshold=0.0):
 
 def integrate_features_reference(sigma, features, depths, deltas, background, threshold=0.0):
     """Twin of `dgnerf.ops.integrate_features`: sigma [...,S], features [...,S,C] -> feature [...,C],
-    opacity [...], depth [...] (DESIGN §2)."""
+    opacity [...], depth [...] (docs/design.md, "The model")."""
     w = volume_weights(sigma, deltas, threshold)
     opacity = w.sum(-1)
     feature = (w[..., None] * features).sum(-2) + (1 - opacity)[..., None] * background
@@ -121,26 +122,22 @@ def integrate_features_reference(sigma, features, depths, deltas, background, th
 # --- field MLP (twin of dgnerf.ops.field_mlp) ---------------------------------------------------
 
 
-def field_mlp_reference(x_enc, d_enc, z_id, beta, layer_weights, layer_biases, sigma_w, sigma_b, dir_w, dir_b,
-                        out_w, out_b, skip=5, output="feature"):
-    """The paper's field MLP on the UNfolded input u = [gamma(x), z_id, beta] (DESIGN §2), plain linear layers.
-
-    x_enc [B,P,Dx], d_enc [B,P,Dd], z_id [B,Z], beta [B,E]; layer l's weight is [W, in_l] with in_0 = Dx+Z+E,
-    in_skip = Dx+Z+E+W (over [u, h]) and W otherwise; ReLU after every trunk layer. Returns sigma [B,P] (raw)
-    and F = out_w relu(dir_w [h, d_enc] + dir_b) + out_b [B,P,F] (output="feature") or the hidden
-    relu(...) [B,P,Wd] (output="hidden"). skip=None: no re-concatenation.
-    """
-    import torch.nn.functional as tf
-
-    B, P, _ = x_enc.shape
-    cond = torch.cat([z_id, beta], dim=-1)[:, None, :].expand(B, P, -1)
-    u = torch.cat([x_enc, cond], dim=-1)
-    h = u
-    for layer, (w, b) in enumerate(zip(layer_weights, layer_biases)):
-        inp = torch.cat([u, h], dim=-1) if (skip is not None and layer == skip) else h
-        h = torch.relu(tf.linear(inp, w, b))
-    sigma = tf.linear(h, sigma_w, sigma_b)[..., 0]
-    hdir = torch.relu(tf.linear(torch.cat([h, d_enc], dim=-1), dir_w, dir_b))
+def field_mlp_reference(x_enc, d_enc, cond0, cond_skip, weights, output="feature"):
+    """Twin of `dgnerf.ops.field_mlp` (same arguments; `weights` a FieldWeights), plain linear layers:
+    h_0 = relu(W0x x + cond0), h_l = relu(W_l h + b_l), the skip layer relu(Wsh h + Wsx x + cond_skip),
+    sigma = w_sigma h + b_sigma, hdir = relu(Wd [h, d] + b_d), F = W_out hdir + b_out.
+    Returns (sigma [B,P], F [B,P,F]) or, for output="hidden", (sigma, hdir [B,P,Wd])."""
+    h = torch.relu(Fn.linear(x_enc, weights.w0x) + cond0[:, None, :])
+    bi = 0
+    for layer in range(1, weights.depth):
+        w = weights.hidden_w[layer - 1]
+        if layer == weights.skip:
+            h = torch.relu(Fn.linear(h, w) + Fn.linear(x_enc, weights.skip_wx) + cond_skip[:, None, :])
+        else:
+            h = torch.relu(Fn.linear(h, w, weights.hidden_b[bi]))
+            bi += 1
+    sigma = Fn.linear(h, weights.sigma_w, weights.sigma_b)[..., 0]
+    hdir = torch.relu(Fn.linear(torch.cat([h, d_enc], dim=-1), weights.dir_w, weights.dir_b))
     if output == "hidden":
         return sigma, hdir
-    return sigma, tf.linear(hdir, out_w, out_b)
+    return sigma, Fn.linear(hdir, weights.out_w, weights.out_b)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from dgnerf.errors import DgnerfError
-from dgnerf.preprocess.geometry import apply_similarity, procrustes
+from dgnerf.face.geometry import apply_similarity, procrustes
 
 N_FACE = 468
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from dgnerf.preprocess.geometry import apply_similarity, procrustes, project
-from dgnerf.preprocess.imaging import convex_hull, dilate, fill_polygon
+from dgnerf.face.geometry import apply_similarity, procrustes, project
+from dgnerf.face.imaging import convex_hull, dilate, fill_polygon
 
 # A head (hair and ears included) in the canonical face frame, cm: an ellipsoid about a centre behind
 # and above the face origin. The face mesh spans x +-7.7, y -9.4..8.3, z -2.4..7.6 (nose tip).

@@ -26,6 +26,10 @@ from pathlib import Path
 import numpy as np
 
 from dgnerf.errors import DgnerfError
+from dgnerf.face.recognition import FaceNet
+from dgnerf.preprocess.sources import MediaPipeFaces
+from dgnerf.face.imaging import crop_square
+from dgnerf.data import DatasetWriter
 
 FLIP_GL = np.diag([1.0, -1.0, -1.0, 1.0])
 
@@ -110,8 +114,6 @@ def frame_camera(f: dict) -> tuple[np.ndarray, np.ndarray]:
 
 def square_resize(img: np.ndarray, k: np.ndarray, res: int) -> tuple[np.ndarray, np.ndarray]:
     """Centre-crop to a square and resize to res; intrinsics follow."""
-    from dgnerf.preprocess.imaging import crop_square
-
     H, W = img.shape[:2]
     side = min(H, W)
     x0, y0 = (W - side) / 2, (H - side) / 2
@@ -131,8 +133,6 @@ def import_tracking(
 ) -> dict:
     """Writes the dataset; returns {"kept": n, "dropped": [(frame, reason)], "expression_dim": E}."""
     from PIL import Image
-
-    from dgnerf.data import DatasetWriter
 
     path = Path(tracking)
     frames, _ = _load_tracking(path)
@@ -169,9 +169,6 @@ def import_tracking(
                 ident = np.asarray(f["identity"], np.float32)
             else:
                 if encoder is None:
-                    from dgnerf.preprocess.identity import FaceNet
-                    from dgnerf.preprocess.sources import MediaPipeFaces
-
                     encoder, faces = FaceNet(), MediaPipeFaces(static=True, max_faces=1)
                 lms = faces(rgb)
                 if not lms:

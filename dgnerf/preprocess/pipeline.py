@@ -25,11 +25,17 @@ from pathlib import Path
 import numpy as np
 
 from dgnerf.errors import DgnerfError
-from dgnerf.preprocess import geometry as G
-from dgnerf.preprocess.expression import N_FACE, ExpressionBasis, to_shape_frame
+from dgnerf.face import geometry as G
+from dgnerf.preprocess.expression import ExpressionBasis, N_FACE, to_shape_frame
 from dgnerf.preprocess.features import GAZE_DIM, GAZE_NAMES, gaze_features, head_mask, head_region
-from dgnerf.preprocess.imaging import convex_hull, crop_square, erode, fill_polygon, warp_affine
+from dgnerf.face.imaging import convex_hull, crop_square, erode, fill_polygon, warp_affine
 from dgnerf.preprocess.sources import Source, TrackSelector, resolve_sources
+from dgnerf.assets import load_face_geometry
+from dgnerf.preprocess.sources import MediaPipeFaces
+from dgnerf.preprocess.sources import MediaPipeSegmenter
+from dgnerf.face.recognition import make_encoder
+from dgnerf.data import DatasetWriter
+from dgnerf.preprocess.preview import contact_sheet
 
 UNIT_CM = 12.0  # one unit of the dataset's translations
 # a sphere about the face origin that holds the head region the masks are cut to (features.HEAD_*:
@@ -381,23 +387,15 @@ def run(
         raise DgnerfError("no usable input: " + "; ".join(problems) if problems else "no inputs given")
 
     if geometry is None:
-        from dgnerf.assets import load_face_geometry
-
         geometry = load_face_geometry()
     wts = _weights(geometry)
     basis_in = _load_basis(opts.expression_basis) if opts.expression_basis else None
     if faces_fn_factory is None:
-        from dgnerf.preprocess.sources import MediaPipeFaces
-
         faces_fn_factory = lambda static: MediaPipeFaces(static)  # noqa: E731
     own_segmenter = None
     if segment_fn is None:
-        from dgnerf.preprocess.sources import MediaPipeSegmenter
-
         own_segmenter = segment_fn = MediaPipeSegmenter(0)
     if encoder is None:
-        from dgnerf.preprocess.identity import make_encoder
-
         encoder = make_encoder(opts.identity, opts.adaface)
 
     used: set = set()
@@ -450,7 +448,6 @@ def run(
         code_iter = {k: iter(v) for k, v in codes.items()}
 
         # ---- write
-        from dgnerf.data import DatasetWriter
 
         summary.reproj_px = float(np.mean([f.err for f in all_frames]))
         summary.reproj_raw_px = float(np.mean([f.err_raw for f in all_frames]))
@@ -526,7 +523,5 @@ def run(
         )
         summary.out = str(out_p)
         if opts.preview:
-            from dgnerf.preprocess.preview import contact_sheet
-
             summary.preview = str(contact_sheet(out_p, all_frames, opts.resolution))
     return summary

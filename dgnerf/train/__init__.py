@@ -1,2 +1,2 @@
 """Training on many people: TrainConfig, Trainer (resume, DDP), and the demo."""
-from dgnerf.train.trainer import TrainConfig, Trainer, train  # noqa: F401
+from dgnerf.train.trainer import TrainConfig, Trainer, train

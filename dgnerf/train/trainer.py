@@ -36,8 +36,17 @@ import torch
 import torch.nn.functional as Fn
 
 from dgnerf.errors import DgnerfError
-from dgnerf.ops import _common as ops_common
+from dgnerf.model import RenderOptions
+from dgnerf import ops
 from dgnerf.fileio import atomic_write_text
+from dgnerf.model import HeadConfig
+from dgnerf.data import HeadDataset
+from dgnerf.model import HeadModel
+from dgnerf.camera import world_frame
+from dgnerf.model.checkpoint import save_checkpoint
+from dgnerf.model.checkpoint import check_state_dict, read_checkpoint
+from dgnerf.media import grid, save_png, to_uint8
+from dgnerf import losses
 
 CKPT_DIR = "checkpoints"
 
@@ -150,15 +159,17 @@ def ray_bounds(dataset) -> tuple[float, float]:
 
 def model_config_for(dataset, overrides: dict):
     """HeadConfig sized for the dataset's codes and cameras, with the user's overrides."""
-    from dgnerf.model import HeadConfig
-
     near, far = ray_bounds(dataset)
     # The default camera of renders (orbit, CLI) = the data's typical camera: median distance and focal.
     dist = float(dataset.arrays["c2w"][:, :3, 3].norm(dim=-1).median())
     fx = float(dataset.arrays["intrinsics"][:, 0].median())
     fov = math.degrees(2 * math.atan(0.5 * dataset.width / fx))
-    base = dict(z_id_dim=dataset.identity_dim, beta_dim=dataset.expression_dim, near=near, far=far,
-                sphere_radius=float(dataset.head_radius), camera_distance=dist, fov_deg=fov)
+    # The cameras' world frame goes into the config (and so every checkpoint): `dgnerf render` / `orbit` then put
+    # their yaw-0 camera in front of the face for any dataset convention.
+    W = world_frame(dataset.arrays["c2w"])
+    base = dict(identity_dim=dataset.identity_dim, expression_dim=dataset.expression_dim, near=near, far=far,
+                sphere_radius=float(dataset.head_radius), camera_distance=dist, fov_deg=fov,
+                world_frame=W.reshape(-1).tolist())
     base.update(overrides or {})
     base.update(gaze_statistics(dataset, base))
     return HeadConfig(**base)
@@ -185,9 +196,6 @@ def gaze_statistics(dataset, cfg: dict) -> dict:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig):
-        from dgnerf.data import HeadDataset
-        from dgnerf.model import HeadModel
-
         self.cfg = cfg
         self.rank, self.world = _rank_world()
         if cfg.batch_size % self.world:
@@ -211,11 +219,6 @@ class Trainer:
         self.train_set = HeadDataset(cfg.data, split="train")
         if len(self.train_set) == 0:
             raise DgnerfError(f"dataset {cfg.data}: no frames in the 'train' split")
-        # The training cameras' world frame, written into every checkpoint so that `dgnerf render` / `orbit` put
-        # their yaw-0 camera in front of the face for any dataset convention.
-        from dgnerf.apps.interp import world_frame
-
-        self.world_frame_json = json.dumps(world_frame(self.train_set.arrays["c2w"]).tolist())
         try:
             self.test_set = HeadDataset(cfg.data, split="test", check="none")
         except DgnerfError:
@@ -249,12 +252,10 @@ class Trainer:
         """first_image: position of b's first image in the global batch (image k of the global batch
         draws its stratified samples with seed + k, whichever process renders it)."""
         precision = "bf16" if (self.cfg.amp and self.device.type == "cuda" and self.cfg.path == "fast") else "fp32"
-        kwargs = dict(path=self.cfg.path, stratified=train, seed=step_seed(self.cfg.seed, step) + first_image)
-        if self.cfg.path == "fast":
-            kwargs["precision"] = precision
-        if self.model_cfg.gaze_dim:
-            kwargs["gaze"] = b["gaze"]
-        return self.run_model(b["identity"], b["expression"], b["c2w"], b["intrinsics"], **kwargs)
+        options = RenderOptions(path=self.cfg.path, precision=precision, stratified=train,
+                                seed=step_seed(self.cfg.seed, step) + first_image)
+        gaze = b["gaze"] if self.model_cfg.gaze_dim else None
+        return self.run_model(b["identity"], b["expression"], b["c2w"], b["intrinsics"], gaze=gaze, options=options)
 
     def train_step(self, step: int) -> dict:
         c = self.cfg
@@ -266,13 +267,9 @@ class Trainer:
             g["lr"] = self.lr_at(step)
         self.model.train()
         # The per-op NaN scans are redundant here: a non-finite loss stops training below, naming the step.
-        prev_checks = ops_common._checks_enabled
-        ops_common.set_checks(False)
-        try:
+        with ops.checks(False):
             out = self.forward_batch(b, step, first_image=self.rank * local)
-        finally:
-            ops_common.set_checks(prev_checks)
-        loss, parts = self.loss(out["image"], b["image"], b["mask"])
+        loss, parts = self.loss(out.image, b["image"], b["mask"])
         if not torch.isfinite(loss):
             raise DgnerfError(f"step {step}: the loss is {float(loss)} (not finite); lower the learning rate "
                               f"(now {self.lr_at(step):.3g}) or check the data with `dgnerf dataset check`")
@@ -312,8 +309,6 @@ class Trainer:
             return None
         from safetensors.torch import save_file
 
-        from dgnerf.checkpoint import save_checkpoint
-
         os.makedirs(self.ckpt_root, exist_ok=True)
         name = f"step_{step:08d}"
         final = os.path.join(self.ckpt_root, name)
@@ -321,7 +316,7 @@ class Trainer:
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
         save_checkpoint(os.path.join(tmp, "model.safetensors"), self.model,
-                        metadata={"train_step": step, "world_frame": self.world_frame_json})
+                        metadata={"train_step": step})
         tensors, groups = {}, []
         sd = self.opt.state_dict()
         for pid, st in sd["state"].items():
@@ -350,8 +345,6 @@ class Trainer:
     def load(self, path: str) -> int:
         from safetensors.torch import load_file
 
-        from dgnerf.checkpoint import check_state_dict, read_checkpoint
-
         _, state, _ = read_checkpoint(os.path.join(path, "model.safetensors"))
         check_state_dict(self.model, state, source=f"checkpoint {path}")
         self.model.load_state_dict(state)
@@ -372,17 +365,15 @@ class Trainer:
     # ------------------------------------------------------------------ samples and logs
     @torch.no_grad()
     def sample_grid(self, step: int) -> str | None:
-        from dgnerf.train.plots import grid, save_png, to_uint8
-
         if self.rank != 0:
             return None
         self.model.eval()
         n = min(4, len(self.frames))
         idx = [int(i) for i in np.linspace(0, len(self.frames) - 1, n).round()]
         b = self.frames.batch(idx, self.device)
-        out = self.model(b["identity"], b["expression"], b["c2w"], b["intrinsics"], path="fast",
+        out = self.model(b["identity"], b["expression"], b["c2w"], b["intrinsics"],
                          gaze=b["gaze"] if self.model_cfg.gaze_dim else None)
-        tiles = [to_uint8(x) for x in b["image"]] + [to_uint8(x) for x in out["image"]]
+        tiles = [to_uint8(x) for x in b["image"]] + [to_uint8(x) for x in out.image]
         img = grid(tiles, cols=n, scale=max(1, 128 // self.model_cfg.image_size))
         os.makedirs(os.path.join(self.cfg.out, "samples"), exist_ok=True)
         path = os.path.join(self.cfg.out, "samples", f"step_{step:08d}.png")
@@ -506,8 +497,6 @@ def build_loss(cfg: TrainConfig, device):
     lambda * VGG16 perceptual loss (the paper's loss), plus background_weight * the L2 outside the mask
     (it trains the background; 0 = strictly the paper's). The L2 terms are per-image means averaged over
     the batch, so that DDP's gradient average equals one process on the global batch."""
-    from dgnerf import losses
-
     if cfg.lambda_perceptual < 0:
         raise DgnerfError(f"lambda_perceptual must be >= 0, got {cfg.lambda_perceptual}")
     vgg = losses.load_vgg16(cfg.vgg_weights, device=device) if cfg.lambda_perceptual > 0 else None

@@ -1,10 +1,9 @@
 // Large CPU outputs on transparent huge pages.
 //
 // A fresh multi-hundred-MB output (e.g. dL/dfeatures, [R,S,C]) costs more in first-touch page faults
-// than in arithmetic: writing 134 MB into new 4 KiB pages took ~55 ms here against ~6 ms into memory
-// already mapped. Asking the kernel for 2 MiB pages on the buffer (madvise MADV_HUGEPAGE, honoured when
-// /sys/kernel/mm/transparent_hugepage/enabled is "madvise" or "always") cuts the faults 512-fold
-// (~10 ms). Only the 2 MiB-aligned interior of the tensor's own allocation is advised; elsewhere
+// than in arithmetic (measured in docs/mlp_notes.md). Asking the kernel for 2 MiB pages on the buffer
+// (madvise MADV_HUGEPAGE, honoured when /sys/kernel/mm/transparent_hugepage/enabled is "madvise" or
+// "always") cuts the faults 512-fold. Only the 2 MiB-aligned interior of the tensor's own allocation is advised; elsewhere
 // (non-Linux, small tensors, CUDA) this is plain at::empty.
 #pragma once
 #include <ATen/ATen.h>

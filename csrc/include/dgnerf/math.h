@@ -101,7 +101,7 @@ DGNERF_HD T sample_delta(const T* t, int64_t i, int64_t S, T tn, T tf) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Volume integration (DESIGN §2). tau_i = sigma_i delta_i; T_i = exp(-sum_{j<i} tau_j) (log space);
+// Volume integration (docs/design.md, "The model"). tau_i = sigma_i delta_i; T_i = exp(-sum_{j<i} tau_j) (log space);
 // alpha_i = 1 - exp(-tau_i); w_i = T_i alpha_i = T_i - T_{i+1}. A sample whose T_i < threshold is
 // cut, together with every later one (exact at threshold 0, since T >= 0).
 // Backward, with v_i = g_I . (F_i - F_bg) + g_O + g_D t_i (no division by 1 - alpha):

@@ -1,4 +1,4 @@
-// The fully-fused conditioned field MLP (DESIGN §2-§3): shapes, argument checks and the ATen-level
+// The fully-fused conditioned field MLP (docs/design.md, "The model" and "Speed-ups"): shapes, argument checks and the ATen-level
 // building blocks that the CPU kernel (per point tile) and the CUDA backward (whole batch) share.
 //
 // Per point n of image b (points come in contiguous blocks of P per image), x = gamma(x_n) [Dx],

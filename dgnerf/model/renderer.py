@@ -1,4 +1,4 @@
-"""The 2D neural renderer g (DESIGN §2, GIRAFFE-style): feature map [B, C, h, w] -> image [B, 3, 2^n h, 2^n w].
+"""The 2D neural renderer g (docs/design.md, "The model"; GIRAFFE-style): feature map [B, C, h, w] -> image [B, 3, 2^n h, 2^n w].
 
     rgb_0 = P_0(x_0)                                    P_k: 1x1 conv to RGB
     for each block k = 1..n:  x_k = lrelu(conv3x3(up2_nearest(x_{k-1})))

@@ -14,6 +14,17 @@ import os
 import time
 
 import torch
+from dgnerf.media import write_video
+from dgnerf.model.checkpoint import load_checkpoint
+from dgnerf.data import HeadDataset
+from dgnerf.metrics import masked_l1, masked_psnr
+from dgnerf.media import grid, loss_curve_png, save_png, to_uint8
+from dgnerf.train.trainer import FrameStore
+from dgnerf.camera import orbit_c2w
+from dgnerf.apps.interp import interpolation_grid
+from dgnerf.data import check_dataset
+from dgnerf.data.synthetic import build_synthetic_dataset
+from dgnerf.train import TrainConfig, train
 
 # Small enough to train on 2 CPU cores in minutes, same structure as the paper's model. Code gains
 # (HeadConfig identity_gain / expression_gain) were tried and are not used: (8, 4) beat (1, 1) after 800 steps
@@ -24,25 +35,17 @@ DEMO_MODEL = dict(feature_size=16, image_size=64, renderer_channels=(64, 32), ml
 
 
 def _frames_to_video(frames, path, fps=15.0):
-    from dgnerf.commands.orbit import write_video
-
     return write_video(frames, path, fps)
 
 
 @torch.no_grad()
 def _render(model, z, beta, c2w, K):
     model.eval()
-    return model(z, beta, c2w, K, path="fast")["image"]
+    return model(z, beta, c2w, K).image
 
 
 def make_outputs(run_dir: str, data_dir: str, out_dir: str, log=print) -> dict:
     """Pictures and numbers of a trained run (the demo's out/)."""
-    from dgnerf.checkpoint import load_checkpoint
-    from dgnerf.data import HeadDataset
-    from dgnerf.metrics import masked_l1, masked_psnr
-    from dgnerf.train.plots import grid, loss_curve_png, save_png, to_uint8
-    from dgnerf.train.trainer import FrameStore
-
     ckpt = os.path.join(run_dir, "checkpoints")
     with open(os.path.join(ckpt, "latest")) as f:
         latest = os.path.join(ckpt, f.read().strip())
@@ -79,7 +82,6 @@ def make_outputs(run_dir: str, data_dir: str, out_dir: str, log=print) -> dict:
     save_png(os.path.join(out_dir, "train_renders.png"), grid(tiles, cols=len(pick), scale=scale))
 
     # cameras for novel views: the training cameras' median distance and focal
-    from dgnerf.camera import orbit_c2w
 
     dist = float(tstore.cache["c2w"][:, :3, 3].norm(dim=-1).median()) if tstore.cache is not None else cfg.camera_distance
     K1 = tb["intrinsics"][:1]
@@ -103,7 +105,6 @@ def make_outputs(run_dir: str, data_dir: str, out_dir: str, log=print) -> dict:
     results["orbit"] = os.path.basename(_frames_to_video(frames, os.path.join(out_dir, "orbit_train_person.mp4")))
 
     # 3. identity interpolation: two training people, 7 steps, 3 views (rows), the set's mean expression
-    from dgnerf.apps.interp import interpolation_grid
 
     persons = sorted({f.person_index for f in train_set.frames})
     first = {}
@@ -150,10 +151,6 @@ def make_outputs(run_dir: str, data_dir: str, out_dir: str, log=print) -> dict:
 
 def run_demo(out: str = "out", minutes: float = 6.5, size: str = "small", seed: int = 0, steps: int = 3000,
              lambda_perceptual: float = 0.0, log=print) -> dict:
-    from dgnerf.data import check_dataset
-    from dgnerf.data.synthetic import build_synthetic_dataset
-    from dgnerf.train import TrainConfig, train
-
     t0 = time.time()
     os.makedirs(out, exist_ok=True)
     data = os.path.join(out, "data")

@@ -19,6 +19,10 @@ import struct
 import torch
 
 from dgnerf.errors import DgnerfError
+import dgnerf
+from dgnerf.model.config import HeadConfig
+from dgnerf.model.head import HeadModel
+from dgnerf.model.prior import apply_head_prior
 
 FORMAT = "dgnerf.head"
 FORMAT_VERSION = 1
@@ -39,8 +43,6 @@ def save_checkpoint(path: str, model, metadata: dict | None = None) -> str:
         raise DgnerfError(f"save_checkpoint: the directory {parent!r} does not exist")
     meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "config": model.cfg.to_json()}
     try:
-        import dgnerf
-
         meta["dgnerf_version"] = dgnerf.__version__
     except Exception:  # pragma: no cover
         pass
@@ -110,8 +112,6 @@ def read_checkpoint(path):
     """-> (HeadConfig, state_dict of CPU tensors, metadata dict). Raises DgnerfError on any problem."""
     from safetensors import safe_open
 
-    from dgnerf.model.config import HeadConfig
-
     file, cfg_file = _resolve(path)
     header = _read_header(file)
     meta = dict(header.get("__metadata__") or {})
@@ -136,6 +136,10 @@ def read_checkpoint(path):
         cfg = HeadConfig.from_json(cfg_text)
     except DgnerfError as e:
         raise DgnerfError(f"checkpoint {file!r}: {e}") from None
+    if not cfg.world_frame:
+        legacy = legacy_world_frame(meta)  # checkpoints written before the config held it
+        if legacy is not None:
+            cfg.world_frame = tuple(legacy.reshape(-1).tolist())
     try:
         state = {}
         with safe_open(file, framework="pt", device="cpu") as f:
@@ -169,19 +173,15 @@ def check_state_dict(model, state: dict, source: str = "checkpoint") -> None:
 
 def load_checkpoint(path, device="cpu"):
     """Build the HeadModel of the checkpoint's config, load and check its weights -> model (eval mode)."""
-    from dgnerf.model.head import HeadModel
-
     cfg, state, meta = read_checkpoint(path)
     model = HeadModel(cfg)
     check_state_dict(model, state, source=f"checkpoint {os.fspath(path)!r}")
     model.load_state_dict(state, strict=True)
-    model.world_frame = world_frame_of(meta)
     return model.to(device).eval()
 
 
-def world_frame_of(meta: dict):
-    """The training data's world frame W [3,3] recorded by the trainer (dgnerf.apps.interp.world_frame: I for
-    the built-in set, diag(1,-1,-1) for a preprocessed video), or None when the checkpoint has none."""
+def legacy_world_frame(meta: dict) -> torch.Tensor | None:
+    """The world frame W [3,3] that earlier trainers wrote into the metadata (now HeadConfig.world_frame), or None."""
     text = meta.get("world_frame")
     if not text:
         return None
@@ -197,9 +197,6 @@ def world_frame_of(meta: dict):
 def init_checkpoint(path, cfg=None, seed: int = 0, head_prior: bool = True) -> str:
     """Write a randomly initialised head model (so the commands work before any training); with
     head_prior its density is an ellipsoid around the origin (dgnerf.model.prior), not fog."""
-    from dgnerf.model.head import HeadModel
-    from dgnerf.model.prior import apply_head_prior
-
     torch.manual_seed(seed)
     model = HeadModel(cfg)
     if head_prior:

@@ -19,9 +19,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from dgnerf.assets import asset_path
 from dgnerf.errors import DgnerfError
-from dgnerf.preprocess.geometry import procrustes
-from dgnerf.preprocess.imaging import warp_affine
+from dgnerf.face.geometry import procrustes
+from dgnerf.face.imaging import warp_affine
 
 # MediaPipe face-mesh indices: eye corners (image-left eye = subject's right), nose tip, mouth corners.
 R_EYE = (33, 133)
@@ -82,8 +83,6 @@ class FaceNet:
         except ImportError:
             raise DgnerfError("FaceNet needs OpenCV: pip install opencv-python-headless==5.0.0.93 (see docs/preprocess.md)") from None
         if graph_path is None:
-            from dgnerf.assets import asset_path
-
             graph_path = asset_path("facenet")
         self.path = Path(graph_path)
         try:

@@ -1,10 +1,13 @@
-"""Small PNG figures without a plotting library: loss curves and image grids."""
+"""Pictures and videos people look at: image grids, loss curves and PNG/MP4 writing, without a plotting library."""
 from __future__ import annotations
 
 import math
+import os
 
+import imageio.v2 as imageio
 import numpy as np
 import torch
+from PIL import Image, ImageDraw
 
 
 def to_uint8(image: torch.Tensor) -> np.ndarray:
@@ -25,16 +28,12 @@ def grid(images: list[np.ndarray], cols: int, pad: int = 2, scale: int = 1, fill
 
 
 def save_png(path: str, array: np.ndarray) -> None:
-    from PIL import Image
-
     Image.fromarray(array).save(path)
 
 
 def loss_curve_png(path: str, series: dict[str, list[tuple[int, float]]], title: str = "training loss",
                    size=(720, 420)) -> None:
     """Line plot of named (step, value) series on a log-y axis, drawn with PIL."""
-    from PIL import Image, ImageDraw
-
     W, H = size
     left, right, top, bottom = 70, 20, 30, 40
     img = Image.new("RGB", (W, H), "white")
@@ -78,3 +77,20 @@ def loss_curve_png(path: str, series: dict[str, list[tuple[int, float]]], title:
             d.ellipse([x - 3, y - 3, x + 3, y + 3], outline=c, width=2)
         d.text((W - right - 150, top + 6 + 14 * i), name, fill=c)
     img.save(path)
+
+
+def write_video(frames, out: str, fps: float) -> str:
+    """MP4 through imageio-ffmpeg; if that is unavailable or fails, a GIF next to it. Returns the path written."""
+    ext = os.path.splitext(out)[1].lower()
+    if ext == ".mp4":
+        try:
+            with imageio.get_writer(out, fps=fps, codec="libx264", quality=8, macro_block_size=1) as w:
+                for f in frames:
+                    w.append_data(f)
+            return out
+        except Exception as e:  # no ffmpeg backend, codec missing...
+            gif = os.path.splitext(out)[0] + ".gif"
+            print(f"MP4 writing failed ({type(e).__name__}: {e}); writing {gif} instead")
+            out = gif
+    imageio.mimsave(out, frames, duration=1000.0 / fps, loop=0)
+    return out
