@@ -18,7 +18,7 @@ import sys
 import torch
 
 from benchmarks.harness import device_name, time_ms
-from benchmarks.test_bench_mlp import build, folded, folded_flops, plain, CFG
+from benchmarks.test_bench_mlp import CFG, build, folded, folded_flops, plain
 from dgnerf.model import HeadConfig, HeadModel, RenderOptions
 from dgnerf.model.graphs import graphed_frame
 from dgnerf.ops import _common

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from benchmarks.harness import record, time_ms
+from dgnerf.model import FieldMLP, HeadConfig
 from dgnerf.ops import _common
 from dgnerf.ops.mlp import FieldWeights, field_mlp, fold_conditioning
-from dgnerf.model import FieldMLP, HeadConfig
 
 N_POINTS = 65536
 CFG = dict(Dx=63, Dd=27, Z=512, E=46, W=256, D=8, Wd=128, F=512, skip=5)

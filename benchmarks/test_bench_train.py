@@ -1,13 +1,12 @@
 """Training throughput (images/s): the fast path vs the reference path, same data, same model, one run."""
-import os
 import time
 
 import pytest
 import torch
 
 from benchmarks.harness import record
-from dgnerf.train import TrainConfig, Trainer
 from dgnerf.apps.demo import DEMO_MODEL
+from dgnerf.train import TrainConfig, Trainer
 
 
 @pytest.fixture(scope="module")

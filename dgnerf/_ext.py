@@ -11,6 +11,7 @@ import os
 import warnings
 
 import torch
+
 from dgnerf._version import __version__
 
 _META_PATH = os.path.join(os.path.dirname(__file__), "_build_meta.json")

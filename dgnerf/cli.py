@@ -12,9 +12,10 @@ import importlib
 import os
 import pkgutil
 import sys
+
+import dgnerf
 import dgnerf.commands as commands
 from dgnerf.errors import DgnerfError
-import dgnerf
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,12 +9,11 @@ import math
 import numpy as np
 import torch
 
-from dgnerf.errors import DgnerfError
-from dgnerf.losses import load_vgg16, lpips_distance
-from dgnerf.face.recognition import FaceNet
 from dgnerf.assets import asset_path
-from dgnerf.face.recognition import facenet_affine
+from dgnerf.errors import DgnerfError
 from dgnerf.face.imaging import warp_affine
+from dgnerf.face.recognition import FaceNet, facenet_affine
+from dgnerf.losses import load_vgg16, lpips_distance
 
 
 def _check(pred, target, mask):

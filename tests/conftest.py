@@ -3,6 +3,8 @@ import zlib
 import pytest
 import torch
 
+from dgnerf.model.config import PRESETS
+
 HAS_CUDA = torch.cuda.is_available()
 _skip_without_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
 
@@ -30,8 +32,7 @@ def _fresh_seed(request):
 
 # A small model with the paper's structure, and the tiny built-in set (4 people x 3 frames at 32 px),
 # shared by the trainer and application tests.
-TINY_MODEL = {"feature_size": 8, "image_size": 32, "renderer_channels": [16, 8], "mlp_depth": 4, "mlp_width": 32,
-              "skip_layer": 2, "dir_width": 16, "feature_dim": 24, "n_samples": 12, "pos_freqs": 4, "dir_freqs": 2}
+TINY_MODEL = dict(PRESETS["tiny"], renderer_channels=list(PRESETS["tiny"]["renderer_channels"]))
 
 
 @pytest.fixture(scope="session")

@@ -166,8 +166,7 @@ def test_interp_and_gaze_views_follow_the_datasets_world(tiny_set):
     # (before: carphone's grids showed the back of the head, upside down)
     import torch
 
-    from dgnerf.camera import view_c2w, world_frame
-    from dgnerf.camera import orbit_c2w
+    from dgnerf.camera import orbit_c2w, view_c2w, world_frame
     from dgnerf.data import HeadDataset
 
     c2w = HeadDataset(tiny_set, check="none").arrays["c2w"]

@@ -1,13 +1,11 @@
 import json
-import os
-import struct
 
 import pytest
 import torch
 
-from dgnerf.model.checkpoint import FORMAT_VERSION, init_checkpoint, load_checkpoint, read_checkpoint, save_checkpoint
 from dgnerf.errors import DgnerfError
 from dgnerf.model import HeadConfig, HeadModel
+from dgnerf.model.checkpoint import FORMAT_VERSION, init_checkpoint, load_checkpoint, read_checkpoint, save_checkpoint
 
 
 def _model():

@@ -1,5 +1,4 @@
 """The render / orbit / init-checkpoint commands (tiny checkpoints so they stay fast)."""
-import os
 import subprocess
 import sys
 
@@ -7,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from dgnerf.model.checkpoint import save_checkpoint
 from dgnerf.cli import main
 from dgnerf.model import HeadConfig, HeadModel
+from dgnerf.model.checkpoint import save_checkpoint
 from dgnerf.model.prior import apply_head_prior
 
 

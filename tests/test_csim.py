@@ -1,7 +1,6 @@
 """CSIM (identity similarity, FaceNet cosine): the crops, the cosine, its plumbing into fit/eval with a stub
 embedder, 'unavailable' reported (never a silent zero), and the real FaceNet when cv2 5 + the graph are here."""
 import json
-import os
 
 import numpy as np
 import pytest
@@ -169,8 +168,8 @@ def test_tracked_landmarks_map_source_points_into_the_model_image(tmp_path):
 
 
 def test_eval_command_no_csim_is_said(tiny_model, tiny_set, tmp_path):
-    from dgnerf.model.checkpoint import save_checkpoint
     from dgnerf.cli import main
+    from dgnerf.model.checkpoint import save_checkpoint
 
     ckpt = save_checkpoint(str(tmp_path / "m.safetensors"), tiny_model)
     out = tmp_path / "e"

@@ -8,11 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from dgnerf.model import RenderOptions
-
 from dgnerf.cli import main
 from dgnerf.errors import DgnerfError
-from dgnerf.model import HeadConfig, HeadModel
+from dgnerf.model import HeadConfig, HeadModel, RenderOptions
 from tests.conftest import TINY_MODEL
 
 
@@ -150,8 +148,8 @@ def gaze_ckpt(separated_set, tmp_path_factory):
 
 
 def test_trainer_fills_the_gaze_statistics_and_trains_with_gaze(gaze_ckpt, separated_set):
-    from dgnerf.model.checkpoint import load_checkpoint
     from dgnerf.data import HeadDataset
+    from dgnerf.model.checkpoint import load_checkpoint
 
     m = load_checkpoint(gaze_ckpt)
     g = HeadDataset(separated_set, split="train").arrays["gaze"].double()
@@ -242,8 +240,8 @@ def test_gaze_command_bad_input(gaze_ckpt, separated_set, tmp_path, capsys, extr
 
 
 def test_gaze_command_on_a_model_without_gaze(tiny_set, tmp_path, capsys):
-    from dgnerf.model.checkpoint import save_checkpoint
     from dgnerf.data import HeadDataset
+    from dgnerf.model.checkpoint import save_checkpoint
     from dgnerf.train.trainer import model_config_for
 
     ckpt = save_checkpoint(str(tmp_path / "m.safetensors"),
@@ -256,8 +254,8 @@ def test_gaze_command_on_a_model_without_gaze(tiny_set, tmp_path, capsys):
 
 def test_drive_uses_the_drivers_gaze(gaze_ckpt, separated_set):
     from dgnerf.apps.drive import drive_frames, driver_from_dataset
-    from dgnerf.model.checkpoint import load_checkpoint
     from dgnerf.media import to_uint8
+    from dgnerf.model.checkpoint import load_checkpoint
 
     m = load_checkpoint(gaze_ckpt)
     drv = driver_from_dataset(separated_set, m.cfg, person="p0003")

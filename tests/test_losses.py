@@ -6,10 +6,9 @@ import pickle
 import numpy as np
 import pytest
 import torch
-
-from dgnerf import assets
 import torch.nn.functional as F
 
+from dgnerf import assets
 from dgnerf import losses as L
 from dgnerf.errors import DgnerfError
 

@@ -13,7 +13,6 @@ about the kernel.
 import pytest
 import torch
 
-from dgnerf.ops import _common
 from dgnerf.ops.mlp import FieldWeights, field_mlp, fold_conditioning
 from dgnerf.ops.reference import field_mlp_reference
 from tests.conftest import HAS_CUDA, rel_err, requires_cuda

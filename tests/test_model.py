@@ -10,7 +10,6 @@ from dgnerf.camera import c2w_from_w2c, intrinsics_from_fov, look_at, orbit_c2w
 from dgnerf.metrics import psnr
 from dgnerf.model import HeadConfig, HeadModel, RenderOptions
 from dgnerf.model.field import positional_encoding
-
 from tests.conftest import rel_err
 
 

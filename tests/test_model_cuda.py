@@ -3,10 +3,9 @@ import pytest
 import torch
 
 from dgnerf.camera import intrinsics_from_fov, orbit_c2w
-from dgnerf.model.graphs import graphed_frame
-from dgnerf.model import HeadConfig, HeadModel, RenderOptions
 from dgnerf.metrics import psnr
-
+from dgnerf.model import HeadConfig, HeadModel, RenderOptions
+from dgnerf.model.graphs import graphed_frame
 from tests.conftest import rel_err
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]

@@ -7,8 +7,8 @@ import torch
 
 from dgnerf.errors import DgnerfError
 from dgnerf.face import geometry as G
-from dgnerf.preprocess.expression import ExpressionBasis, generalized_procrustes
 from dgnerf.face.imaging import crop_square, warp_affine
+from dgnerf.preprocess.expression import ExpressionBasis, generalized_procrustes
 from dgnerf.preprocess.sources import TrackSelector
 
 

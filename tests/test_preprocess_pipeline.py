@@ -10,7 +10,7 @@ from PIL import Image
 from dgnerf.data import HeadDataset, check_dataset
 from dgnerf.errors import DgnerfError
 from dgnerf.face import geometry as G
-from dgnerf.preprocess.pipeline import HEAD_RADIUS, Options, UNIT_CM, run
+from dgnerf.preprocess.pipeline import HEAD_RADIUS, UNIT_CM, Options, run
 
 W, H = 160, 120
 

@@ -174,8 +174,8 @@ def test_gaze_conditioned_model(video_set, tmp_path):
     rep = json.loads((tmp_path / "g" / "metrics.json").read_text())
     assert rep["model"]["gaze_dim"] == 2 and math.isfinite(rep["metrics"]["heldout"]["psnr"])
     from dgnerf.apps.realvideo import render_split
-    from dgnerf.model.checkpoint import load_checkpoint
     from dgnerf.data import HeadDataset
+    from dgnerf.model.checkpoint import load_checkpoint
     from dgnerf.train.trainer import FrameStore
 
     model = load_checkpoint(os.path.join(rep["checkpoint"], "model.safetensors"))

@@ -1,5 +1,4 @@
 """Ray sampling: CPU kernel vs its pure-PyTorch twin, seeded jitter, sphere clipping, gradients, bad inputs."""
-import math
 
 import pytest
 import torch

@@ -7,7 +7,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 import torch
 
 from dgnerf.train import TrainConfig, Trainer
@@ -94,7 +93,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_set, tmp_path):
     assert killed_at - resumed_from <= every  # at most one checkpoint interval is lost
     res = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert f"resumed from" in res.stdout
+    assert "resumed from" in res.stdout
     after = read_losses(run)
     assert sorted(after) == list(range(1, steps + 1))
     for s in range(1, steps + 1):

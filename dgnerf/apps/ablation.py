@@ -31,13 +31,13 @@ from dataclasses import dataclass
 
 import torch
 
-from dgnerf.errors import DgnerfError
-from dgnerf.data.format import read_manifest
-from dgnerf.data import HeadDataset
-from dgnerf.train import TrainConfig, Trainer
-from dgnerf.media import grid, save_png, to_uint8
-from dgnerf.apps.tables import csim_note, header, mean, row
 from dgnerf.apps.fit import fit_person, metric_changes, summarize, targets_from_dataset
+from dgnerf.apps.tables import csim_note, header, mean, row
+from dgnerf.data import HeadDataset
+from dgnerf.data.format import read_manifest
+from dgnerf.errors import DgnerfError
+from dgnerf.media import grid, save_png, to_uint8
+from dgnerf.train import TrainConfig, Trainer
 
 
 @dataclass

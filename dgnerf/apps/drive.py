@@ -16,15 +16,12 @@ from dataclasses import dataclass
 
 import torch
 
-from dgnerf.errors import DgnerfError
-from dgnerf.model import RenderOptions
-from dgnerf.apps.fit import targets_from_dataset
-from dgnerf.data import HeadDataset
-from dgnerf.apps.fit import is_dataset, parse_source
+from dgnerf.apps.fit import is_dataset, parse_source, preprocess_inputs, targets_from_dataset
 from dgnerf.codes import load_identity
-from dgnerf.apps.fit import preprocess_inputs
+from dgnerf.data import HeadDataset
+from dgnerf.errors import DgnerfError
 from dgnerf.media import to_uint8
-
+from dgnerf.model import RenderOptions
 
 VIDEO_EXTS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
 

@@ -13,16 +13,14 @@ import json
 import os
 import time
 
-import torch
 
-from dgnerf.apps.tables import HIGHER_IS_BETTER, METRICS, csim_note, header, mean, row
-from dgnerf.errors import DgnerfError
-from dgnerf.model.checkpoint import read_checkpoint
-from dgnerf.media import grid, save_png, to_uint8
+from dgnerf.apps.ablation import IdentityVariant, check_same_frames, identity_ablation, identity_kind
 from dgnerf.apps.fit import FitConfig, comparison_png, fit_person, metric_changes, summarize, targets_from_dataset
+from dgnerf.apps.tables import HIGHER_IS_BETTER, csim_note, header, mean, row
 from dgnerf.data import HeadDataset
-from dgnerf.apps.ablation import check_same_frames
-from dgnerf.apps.ablation import IdentityVariant, identity_ablation, identity_kind
+from dgnerf.errors import DgnerfError
+from dgnerf.media import grid, save_png, to_uint8
+from dgnerf.model.checkpoint import read_checkpoint
 
 PAPER_TABLE2 = {"paper, ours (fitted)": {"l1": 0.038, "psnr": 23.45, "ssim": 0.912},
                 "paper, HeadNeRF (fitted)": {"l1": 0.051, "psnr": 21.02, "ssim": 0.885}}
@@ -87,7 +85,7 @@ def evaluate(model, dataset: str, out: str, split: str = "test", persons: list[s
     overall_fit = mean([r.metrics_fit for r in results])
     frames = sum(len(t) for t in targets)
     lam = cfg.lambda_perceptual
-    lines = [f"# Fitting held-out people (Table 2 form)", "",
+    lines = ["# Fitting held-out people (Table 2 form)", "",
              f"Checkpoint `{checkpoint}`, dataset `{dataset}` split `{split}`: {len(results)} persons, {frames} frames, "
              f"{model.cfg.image_size}x{model.cfg.image_size} px. Metrics inside the head mask, mean over all frames. "
              f"Fitting: {cfg.iters} steps, lambda_perceptual {lam:g}" +

@@ -35,14 +35,13 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as Fn
 
-from dgnerf.errors import DgnerfError
-from dgnerf.model import RenderOptions
 from dgnerf.data import HeadDataset
-from dgnerf.preprocess.pipeline import Options, run
-from dgnerf.metrics import masked_metrics
+from dgnerf.errors import DgnerfError
 from dgnerf.losses import perceptual_loss
-from dgnerf.metrics import masked_mse
 from dgnerf.media import grid, save_png, to_uint8
+from dgnerf.metrics import masked_metrics, masked_mse
+from dgnerf.model import RenderOptions
+from dgnerf.preprocess.pipeline import Options, run
 
 
 @dataclass

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import torch
 
-from dgnerf.errors import DgnerfError
 from dgnerf.apps.interp import person_codes
 from dgnerf.camera import view_c2w, world_frame
+from dgnerf.errors import DgnerfError
 from dgnerf.media import grid, to_uint8
 
 

@@ -41,24 +41,21 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from dgnerf.data import DatasetWriter, HeadDataset
+from dgnerf.data.format import MANIFEST, check_dataset, format_problems, load_arrays, read_manifest
 from dgnerf.errors import DgnerfError
 from dgnerf.fileio import atomic_write_bytes, atomic_write_text
-from dgnerf.data.format import MANIFEST, check_dataset, format_problems, load_arrays, read_manifest
-from dgnerf.data import DatasetWriter
-from dgnerf.train import TrainConfig
-from dgnerf.train.trainer import Trainer
-from dgnerf.media import grid, to_uint8
-from dgnerf.model.checkpoint import load_checkpoint
-from dgnerf.data import HeadDataset
-from dgnerf.metrics import masked_metrics
-from dgnerf.media import loss_curve_png
-from dgnerf.train.trainer import FrameStore
 from dgnerf.losses import load_vgg16
+from dgnerf.media import grid, loss_curve_png, to_uint8
+from dgnerf.metrics import masked_metrics
+from dgnerf.model.checkpoint import load_checkpoint
+from dgnerf.model.config import PRESETS
+from dgnerf.train import TrainConfig
+from dgnerf.train.trainer import FrameStore, Trainer
 
 # 16x16x64 feature map -> 3 renderer blocks -> 128x128 image; a demo-sized field MLP (its speed per step:
 # docs/realvideo.md).
-REALVIDEO_MODEL = dict(feature_size=16, image_size=128, renderer_channels=(64, 32, 16), mlp_depth=4, mlp_width=96,
-                       skip_layer=2, dir_width=48, feature_dim=64, n_samples=24, pos_freqs=6, dir_freqs=2)
+REALVIDEO_MODEL = PRESETS["small128"]
 PREPARE_FILE = "realvideo_prepare.json"
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+
 from dgnerf.data.format import check_dataset, read_manifest
 from dgnerf.data.synthetic import build_synthetic_dataset
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 
-from dgnerf.errors import DgnerfError
 from dgnerf.apps.drive import drive_frames, driver_from_dataset, target_identity
 from dgnerf.apps.fit import is_dataset, parse_source, preprocess_inputs
-from dgnerf.commands._common import load_model
-from dgnerf.media import write_video
 from dgnerf.commands._common import check_out as _check_out
+from dgnerf.commands._common import load_model
+from dgnerf.errors import DgnerfError
+from dgnerf.media import write_video
 
 
 def run(args):

@@ -7,15 +7,12 @@ from __future__ import annotations
 
 import os
 
-from dgnerf.errors import DgnerfError
-from dgnerf.apps.evaluate import evaluate
-from dgnerf.commands.fit import fit_config
-from dgnerf.commands._common import load_model, vggs
-from dgnerf.metrics import csim_embedder
 from dgnerf.apps.ablation import IdentityVariant, check_same_frames, identity_kind, run_state, train_like
-from dgnerf.commands._common import load_model
-from dgnerf.apps.evaluate import _train_steps
-from dgnerf.commands.fit import add_fit_arguments
+from dgnerf.apps.evaluate import _train_steps, evaluate
+from dgnerf.commands._common import load_model, vggs
+from dgnerf.commands.fit import add_fit_arguments, fit_config
+from dgnerf.errors import DgnerfError
+from dgnerf.metrics import csim_embedder
 
 
 def run(args):

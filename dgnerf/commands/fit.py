@@ -5,15 +5,24 @@ from __future__ import annotations
 
 import os
 
-from dgnerf.commands._common import csim_info, load_model, vggs
-from dgnerf.errors import DgnerfError
-from dgnerf.apps.fit import FitConfig
-from dgnerf.apps.fit import is_dataset, parse_source, preprocess_inputs, targets_from_dataset
-from dgnerf.data import HeadDataset
-from dgnerf.apps.fit import comparison_png, fit_person, metric_changes, save_codes, summarize
+from dgnerf.apps.fit import (
+    FitConfig,
+    comparison_png,
+    fit_person,
+    is_dataset,
+    metric_changes,
+    parse_source,
+    preprocess_inputs,
+    save_codes,
+    summarize,
+    targets_from_dataset,
+)
 from dgnerf.codes import save_identity
-from dgnerf.metrics import csim_embedder
+from dgnerf.commands._common import csim_info, load_model, vggs
+from dgnerf.data import HeadDataset
+from dgnerf.errors import DgnerfError
 from dgnerf.media import loss_curve_png
+from dgnerf.metrics import csim_embedder
 from dgnerf.model.checkpoint import save_checkpoint
 
 

@@ -3,11 +3,11 @@ trained with gaze conditioning: one PNG grid, columns = horizontal gaze (image l
 (top = up), each from -spread to +spread standard deviations of the training set's gaze."""
 from __future__ import annotations
 
-from dgnerf.errors import DgnerfError
 from dgnerf.apps.gaze import gaze_figure
-from dgnerf.commands._common import load_model
 from dgnerf.commands._common import check_out as _check_out
+from dgnerf.commands._common import load_model
 from dgnerf.data import HeadDataset
+from dgnerf.errors import DgnerfError
 from dgnerf.media import save_png
 
 

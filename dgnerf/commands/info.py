@@ -1,5 +1,6 @@
 """`dgnerf info`: versions, which kernels are built, the CUDA arch list and the CPU's vector ISA, as JSON."""
 import json
+
 from dgnerf import _ext
 
 

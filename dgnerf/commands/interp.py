@@ -3,11 +3,11 @@ expression interpolation grids (dgnerf.apps.interp) in one PNG: top, identity A 
 expression; bottom, A's identity between A's two most different expressions; rows are views (yaw)."""
 from __future__ import annotations
 
-from dgnerf.errors import DgnerfError
 from dgnerf.apps.interp import interpolation_figure
-from dgnerf.commands._common import load_model
 from dgnerf.commands._common import check_out as _check_out
+from dgnerf.commands._common import load_model
 from dgnerf.data import HeadDataset
+from dgnerf.errors import DgnerfError
 from dgnerf.media import save_png
 
 

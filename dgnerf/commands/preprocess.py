@@ -1,6 +1,7 @@
 """`dgnerf preprocess VIDEO_OR_IMAGE_DIR... --out DATASET`: real videos -> a training set (docs/preprocess.md);
 `dgnerf preprocess import ...`: a user's own tracking results (3DMM coefficients + poses) -> a dataset."""
 import sys
+
 from dgnerf.errors import DgnerfError
 from dgnerf.preprocess.importer import import_tracking
 from dgnerf.preprocess.pipeline import Options, run

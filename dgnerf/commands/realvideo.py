@@ -6,9 +6,9 @@ OUT/heldout.png, OUT/train_frames.png and OUT/curve.png (masked L1/PSNR/SSIM/LPI
 from __future__ import annotations
 
 import json
-from dgnerf.apps.realvideo import REALVIDEO_MODEL, RealVideoConfig
+
+from dgnerf.apps.realvideo import REALVIDEO_MODEL, RealVideoConfig, run_check
 from dgnerf.errors import DgnerfError
-from dgnerf.apps.realvideo import run_check
 
 
 def register(sub):

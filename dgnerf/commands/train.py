@@ -2,6 +2,7 @@
 
 Multi-GPU / multi-node: `torchrun --nproc_per_node N -m dgnerf train ...` (or train/train.py)."""
 import json
+
 from dgnerf.errors import DgnerfError
 from dgnerf.train import TrainConfig
 from dgnerf.train.trainer import setup_distributed, train

@@ -34,10 +34,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from dgnerf.codes import EXPRESSION_DIM, IDENTITY_DIM
-from dgnerf.errors import DgnerfError
 from dgnerf.camera import pixel_rays
+from dgnerf.codes import EXPRESSION_DIM, IDENTITY_DIM
 from dgnerf.data.format import DatasetWriter
+from dgnerf.errors import DgnerfError
 from dgnerf.face.recognition import FaceNet
 from dgnerf.media import grid
 

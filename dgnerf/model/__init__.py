@@ -2,6 +2,6 @@
 RenderOptions / Render (how to render, what comes back), checkpoints."""
 from dgnerf.model.config import HeadConfig
 from dgnerf.model.field import FieldMLP, positional_encoding
-from dgnerf.model.head import HeadModel, PATHS, Render, RenderOptions, STAGES
+from dgnerf.model.head import PATHS, STAGES, HeadModel, Render, RenderOptions
 
 __all__ = ["HeadConfig", "HeadModel", "Render", "RenderOptions", "FieldMLP", "positional_encoding", "PATHS", "STAGES"]

@@ -18,8 +18,8 @@ import struct
 
 import torch
 
-from dgnerf.errors import DgnerfError
 import dgnerf
+from dgnerf.errors import DgnerfError
 from dgnerf.model.config import HeadConfig
 from dgnerf.model.head import HeadModel
 from dgnerf.model.prior import apply_head_prior

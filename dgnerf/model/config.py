@@ -10,12 +10,21 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from dgnerf.codes import EXPRESSION_DIM, IDENTITY_DIM
 from dgnerf.errors import DgnerfError
 
 SIGMA_ACTIVATIONS = ("softplus", "relu")
+# Named model sizes: HeadConfig overrides with the paper's structure (the codes' sizes come from the data).
+# "tiny" for tests; "small" for minutes on a CPU (the demo); "small128" the same at 128x128 images (realvideo).
+PRESETS = {
+    "tiny": dict(pos_freqs=4, dir_freqs=2, mlp_depth=4, mlp_width=32, skip_layer=2, dir_width=16, feature_dim=24,
+                 feature_size=8, n_samples=12, renderer_channels=(16, 8), image_size=32),
+    "small": dict(feature_size=16, image_size=64, renderer_channels=(64, 32), mlp_depth=4, mlp_width=96, skip_layer=2,
+                  dir_width=48, feature_dim=64, n_samples=24, pos_freqs=6, dir_freqs=2),
+}
+PRESETS["small128"] = dict(PRESETS["small"], image_size=128, renderer_channels=(64, 32, 16))
 # Field names of configs written before the codes had one name everywhere (checkpoints keep loading).
 LEGACY_NAMES = {"z_id_dim": "identity_dim", "beta_dim": "expression_dim"}
 
@@ -198,12 +207,10 @@ class HeadConfig:
 
     @classmethod
     def tiny(cls, **overrides) -> "HeadConfig":
-        """A small config with the same structure, for tests and quick experiments."""
-        base = dict(identity_dim=16, expression_dim=6, pos_freqs=4, dir_freqs=2, mlp_depth=4, mlp_width=32,
-                    skip_layer=2, dir_width=16, feature_dim=24, feature_size=8, n_samples=12,
-                    renderer_channels=(16, 8), image_size=32)
+        """The "tiny" preset with 16-d identity and 6-d expression codes, for tests and quick experiments."""
+        base = dict(PRESETS["tiny"], identity_dim=16, expression_dim=6)
         base.update(overrides)
         return cls(**base)
 
 
-__all__ = ["HeadConfig", "SIGMA_ACTIVATIONS"]
+__all__ = ["HeadConfig", "PRESETS", "SIGMA_ACTIVATIONS"]

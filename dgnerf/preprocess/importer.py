@@ -25,11 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
+from dgnerf.data import DatasetWriter
 from dgnerf.errors import DgnerfError
+from dgnerf.face.imaging import crop_square
 from dgnerf.face.recognition import FaceNet
 from dgnerf.preprocess.sources import MediaPipeFaces
-from dgnerf.face.imaging import crop_square
-from dgnerf.data import DatasetWriter
 
 FLIP_GL = np.diag([1.0, -1.0, -1.0, 1.0])
 

@@ -24,18 +24,16 @@ from pathlib import Path
 
 import numpy as np
 
+from dgnerf.assets import load_face_geometry
+from dgnerf.data import DatasetWriter
 from dgnerf.errors import DgnerfError
 from dgnerf.face import geometry as G
-from dgnerf.preprocess.expression import ExpressionBasis, N_FACE, to_shape_frame
-from dgnerf.preprocess.features import GAZE_DIM, GAZE_NAMES, gaze_features, head_mask, head_region
 from dgnerf.face.imaging import convex_hull, crop_square, erode, fill_polygon, warp_affine
-from dgnerf.preprocess.sources import Source, TrackSelector, resolve_sources
-from dgnerf.assets import load_face_geometry
-from dgnerf.preprocess.sources import MediaPipeFaces
-from dgnerf.preprocess.sources import MediaPipeSegmenter
 from dgnerf.face.recognition import make_encoder
-from dgnerf.data import DatasetWriter
+from dgnerf.preprocess.expression import N_FACE, ExpressionBasis, to_shape_frame
+from dgnerf.preprocess.features import GAZE_DIM, GAZE_NAMES, gaze_features, head_mask, head_region
 from dgnerf.preprocess.preview import contact_sheet
+from dgnerf.preprocess.sources import MediaPipeFaces, MediaPipeSegmenter, Source, TrackSelector, resolve_sources
 
 UNIT_CM = 12.0  # one unit of the dataset's translations
 # a sphere about the face origin that holds the head region the masks are cut to (features.HEAD_*:

@@ -35,18 +35,14 @@ import numpy as np
 import torch
 import torch.nn.functional as Fn
 
-from dgnerf.errors import DgnerfError
-from dgnerf.model import RenderOptions
-from dgnerf import ops
-from dgnerf.fileio import atomic_write_text
-from dgnerf.model import HeadConfig
-from dgnerf.data import HeadDataset
-from dgnerf.model import HeadModel
+from dgnerf import losses, ops
 from dgnerf.camera import world_frame
-from dgnerf.model.checkpoint import save_checkpoint
-from dgnerf.model.checkpoint import check_state_dict, read_checkpoint
+from dgnerf.data import HeadDataset
+from dgnerf.errors import DgnerfError
+from dgnerf.fileio import atomic_write_text
 from dgnerf.media import grid, save_png, to_uint8
-from dgnerf import losses
+from dgnerf.model import HeadConfig, HeadModel, RenderOptions
+from dgnerf.model.checkpoint import check_state_dict, read_checkpoint, save_checkpoint
 
 CKPT_DIR = "checkpoints"
 
