@@ -25,6 +25,21 @@ namespace {
 constexpr const char* kFwd = "dgnerf.hash_encode";
 constexpr const char* kBwd = "dgnerf.hash_encode_backward";
 
+// The gathers miss cache at the fine levels, and one point's corner arithmetic is long enough to
+// keep the out-of-order window from reaching the next point's loads: corners are computed for a
+// block of points first, prefetching their rows, then the block's features are gathered.
+constexpr int64_t kBlock = 32;
+
+template <typename scalar_t, bool kWrite>
+inline void corners_block(const HashGrid<scalar_t>& g, const HashLevel<scalar_t>& lv, const scalar_t* x, int64_t n0,
+                          int64_t nb, const void* rows_base, int64_t row_bytes, HashCorners<scalar_t>* c) {
+  const char* base = static_cast<const char*>(rows_base);
+  for (int64_t j = 0; j < nb; ++j) {
+    hash_corners<scalar_t>(g, lv, x + 3 * (n0 + j), &c[j]);
+    for (int i = 0; i < 8; ++i) __builtin_prefetch(base + static_cast<int64_t>(c[j].row[i]) * row_bytes, kWrite ? 1 : 0);
+  }
+}
+
 template <typename scalar_t, typename out_t, int FC>
 void hash_forward_cpu_kernel(const scalar_t* x, const scalar_t* table, out_t* out, int64_t N, int64_t F_rt,
                              const HashGrid<scalar_t>& g) {
@@ -34,20 +49,24 @@ void hash_forward_cpu_kernel(const scalar_t* x, const scalar_t* table, out_t* ou
     scalar_t acc_fixed[FC > 0 ? FC : 1];
     std::vector<scalar_t> acc_dyn(FC > 0 ? 0 : F);
     scalar_t* acc = FC > 0 ? acc_fixed : acc_dyn.data();
+    HashCorners<scalar_t> cb[kBlock];
     for (int64_t l = 0; l < L; ++l) {
       const HashLevel<scalar_t> lv = g.level[l];
       const scalar_t* tl = table + l * T * F;
-      for (int64_t n = n0; n < n1; ++n) {
-        HashCorners<scalar_t> c;
-        hash_corners<scalar_t>(g, lv, x + 3 * n, &c);
-        for (int64_t f = 0; f < F; ++f) acc[f] = scalar_t(0);
-        for (int i = 0; i < 8; ++i) {
-          const scalar_t w = c.weight[i];
-          const scalar_t* v = tl + static_cast<int64_t>(c.row[i]) * F;
-          for (int64_t f = 0; f < F; ++f) acc[f] += w * v[f];
+      for (int64_t b0 = n0; b0 < n1; b0 += kBlock) {
+        const int64_t nb = std::min<int64_t>(kBlock, n1 - b0);
+        corners_block<scalar_t, false>(g, lv, x, b0, nb, tl, F * sizeof(scalar_t), cb);
+        for (int64_t j = 0; j < nb; ++j) {
+          const HashCorners<scalar_t>& c = cb[j];
+          for (int64_t f = 0; f < F; ++f) acc[f] = scalar_t(0);
+          for (int i = 0; i < 8; ++i) {
+            const scalar_t w = c.weight[i];
+            const scalar_t* v = tl + static_cast<int64_t>(c.row[i]) * F;
+            for (int64_t f = 0; f < F; ++f) acc[f] += w * v[f];
+          }
+          out_t* o = out + (b0 + j) * LF + l * F;
+          for (int64_t f = 0; f < F; ++f) o[f] = static_cast<out_t>(acc[f]);
         }
-        out_t* o = out + n * LF + l * F;
-        for (int64_t f = 0; f < F; ++f) o[f] = static_cast<out_t>(acc[f]);
       }
     }
   });
@@ -65,58 +84,67 @@ void hash_backward_table_cpu_kernel(const grad_t* gout, const scalar_t* x, scala
     scalar_t gf_fixed[FC > 0 ? FC : 1];
     std::vector<scalar_t> gf_dyn(FC > 0 ? 0 : F);
     scalar_t* gf = FC > 0 ? gf_fixed : gf_dyn.data();
+    HashCorners<scalar_t> cb[kBlock];
     for (int64_t task = t0; task < t1; ++task) {
       const int64_t l = task / slices, s = task % slices;
       const uint32_t r0 = static_cast<uint32_t>(T * s / slices), r1 = static_cast<uint32_t>(T * (s + 1) / slices);
       scalar_t* gl = gtable + l * T * F;
       std::fill(gl + static_cast<int64_t>(r0) * F, gl + static_cast<int64_t>(r1) * F, scalar_t(0));
       const HashLevel<scalar_t> lv = g.level[l];
-      for (int64_t n = 0; n < N; ++n) {
-        HashCorners<scalar_t> c;
-        hash_corners<scalar_t>(g, lv, x + 3 * n, &c);
-        const grad_t* go = gout + n * LF + l * F;
-        for (int64_t f = 0; f < F; ++f) gf[f] = static_cast<scalar_t>(go[f]);
-        for (int i = 0; i < 8; ++i) {
-          const uint32_t row = c.row[i];
-          if (slices > 1 && (row < r0 || row >= r1)) continue;
-          const scalar_t w = c.weight[i];
-          scalar_t* dst = gl + static_cast<int64_t>(row) * F;
-          for (int64_t f = 0; f < F; ++f) dst[f] += w * gf[f];
+      for (int64_t b0 = 0; b0 < N; b0 += kBlock) {
+        const int64_t nb = std::min<int64_t>(kBlock, N - b0);
+        corners_block<scalar_t, true>(g, lv, x, b0, nb, gl, F * sizeof(scalar_t), cb);
+        for (int64_t j = 0; j < nb; ++j) {
+          const HashCorners<scalar_t>& c = cb[j];
+          const grad_t* go = gout + (b0 + j) * LF + l * F;
+          for (int64_t f = 0; f < F; ++f) gf[f] = static_cast<scalar_t>(go[f]);
+          for (int i = 0; i < 8; ++i) {
+            const uint32_t row = c.row[i];
+            if (slices > 1 && (row < r0 || row >= r1)) continue;
+            const scalar_t w = c.weight[i];
+            scalar_t* dst = gl + static_cast<int64_t>(row) * F;
+            for (int64_t f = 0; f < F; ++f) dst[f] += w * gf[f];
+          }
         }
       }
     }
   });
 }
 
-// d out[n, l*F + f] / d x_d = s_l,d * sum_i table[row_i, f] * d weight_i / d p_d  (0 on a clamped axis).
+// d out[n, l*F + f] / d x_d = s_l,d * sum_i table[row_i, f] * d weight_i / d p_d  (0 on a clamped axis),
+// summed over levels in order; level-outer like the forward pass, gx itself holds the running sum.
 template <typename scalar_t, typename grad_t, int FC>
 void hash_backward_x_cpu_kernel(const grad_t* gout, const scalar_t* x, const scalar_t* table, scalar_t* gx, int64_t N,
                                 int64_t F_rt, const HashGrid<scalar_t>& g) {
   const int64_t F = FC > 0 ? FC : F_rt;
   const int64_t L = g.n_levels, T = g.table_size, LF = L * F;
   at::parallel_for(0, N, 2048, [&](int64_t n0, int64_t n1) {
-    for (int64_t n = n0; n < n1; ++n) {
-      scalar_t acc[3] = {0, 0, 0};
-      for (int64_t l = 0; l < L; ++l) {
-        const HashLevel<scalar_t>& lv = g.level[l];
-        HashCorners<scalar_t> c;
-        hash_corners<scalar_t>(g, lv, x + 3 * n, &c);
-        const grad_t* go = gout + n * LF + l * F;
-        const scalar_t* tl = table + l * T * F;
-        scalar_t dp[3] = {0, 0, 0};
-        for (int i = 0; i < 8; ++i) {
-          const scalar_t* v = tl + static_cast<int64_t>(c.row[i]) * F;
-          scalar_t dot = 0;
-          for (int64_t f = 0; f < F; ++f) dot += static_cast<scalar_t>(go[f]) * v[f];
-          scalar_t dw[3];
-          hash_weight_grads<scalar_t>(c, i, dw);
-          for (int d = 0; d < 3; ++d) dp[d] += dot * dw[d];
-        }
-        for (int d = 0; d < 3; ++d) {
-          if (c.inside[d]) acc[d] += dp[d] * lv.scale[d];
+    HashCorners<scalar_t> cb[kBlock];
+    std::fill(gx + 3 * n0, gx + 3 * n1, scalar_t(0));
+    for (int64_t l = 0; l < L; ++l) {
+      const HashLevel<scalar_t> lv = g.level[l];
+      const scalar_t* tl = table + l * T * F;
+      for (int64_t b0 = n0; b0 < n1; b0 += kBlock) {
+        const int64_t nb = std::min<int64_t>(kBlock, n1 - b0);
+        corners_block<scalar_t, false>(g, lv, x, b0, nb, tl, F * sizeof(scalar_t), cb);
+        for (int64_t j = 0; j < nb; ++j) {
+          const HashCorners<scalar_t>& c = cb[j];
+          const grad_t* go = gout + (b0 + j) * LF + l * F;
+          scalar_t dp[3] = {0, 0, 0};
+          for (int i = 0; i < 8; ++i) {
+            const scalar_t* v = tl + static_cast<int64_t>(c.row[i]) * F;
+            scalar_t dot = 0;
+            for (int64_t f = 0; f < F; ++f) dot += static_cast<scalar_t>(go[f]) * v[f];
+            scalar_t dw[3];
+            hash_weight_grads<scalar_t>(c, i, dw);
+            for (int d = 0; d < 3; ++d) dp[d] += dot * dw[d];
+          }
+          scalar_t* o = gx + 3 * (b0 + j);
+          for (int d = 0; d < 3; ++d) {
+            if (c.inside[d]) o[d] += dp[d] * lv.scale[d];
+          }
         }
       }
-      for (int d = 0; d < 3; ++d) gx[3 * n + d] = acc[d];
     }
   });
 }
