@@ -441,7 +441,8 @@ def test_cuda_low_precision_output(out_dtype):
     out = enc(x, table, 4, 400, out_dtype=out_dtype)
     full = enc(x, table.detach(), 4, 400)
     assert out.dtype == out_dtype
-    assert torch.equal(out, full.to(out_dtype))
+    # float32 sum rounded once (nvcc may fuse the float32 sums differently per instantiation: a tolerance)
+    assert rel_err(out, full) <= (1e-3 if out_dtype == torch.float16 else 8e-3)
     g = torch.randn_like(full)
     out.backward(g.to(out_dtype))
     t2 = table.detach().clone().requires_grad_(True)
