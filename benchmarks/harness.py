@@ -10,6 +10,8 @@ fast_ms, speedup = reference_ms / fast_ms, plus torch version and thread count; 
 (psnr_db, tflops, peak memory...). At the end of the session the records are written to
 benchmarks/results/<device>.json (merged by name with earlier records of the same device) and printed
 as a table. CUDA timing uses events after warm-up; CPU timing uses perf_counter; both report the median.
+A record made with results_dir=LOCAL_RESULTS_DIR goes to benchmarks/results/local/<device>.json instead
+(untracked: for benchmarks whose numbers are not kept in the repository's results).
 """
 from __future__ import annotations
 
@@ -23,6 +25,8 @@ import torch
 
 RESULTS: list[dict] = []
 RESULTS_DIR = os.environ.get("DGNERF_BENCH_DIR", os.path.join(os.path.dirname(__file__), "results"))
+LOCAL_RESULTS_DIR = os.environ.get("DGNERF_BENCH_DIR", os.path.join(os.path.dirname(__file__), "results", "local"))
+_RESULT_DIRS: dict[int, str] = {}  # id(record) -> its directory, when not RESULTS_DIR
 
 
 def device_name(device) -> str:
@@ -65,7 +69,7 @@ def time_ms(fn, device="cpu", warmup: int = 2, iters: int = 5, min_time_s: float
     return statistics.median(times)
 
 
-def record(name, device, dtype, shape, reference_ms, fast_ms, **extra) -> dict:
+def record(name, device, dtype, shape, reference_ms, fast_ms, results_dir=None, **extra) -> dict:
     rec = {
         "name": name,
         "device": device_name(device),
@@ -81,19 +85,21 @@ def record(name, device, dtype, shape, reference_ms, fast_ms, **extra) -> dict:
     }
     rec.update(extra)
     RESULTS.append(rec)
+    if results_dir is not None:
+        _RESULT_DIRS[id(rec)] = results_dir
     return rec
 
 
 def write_results() -> list[str]:
-    """Merge this session's records into benchmarks/results/<device>.json; returns the paths written."""
+    """Merge this session's records into benchmarks/results/<device>.json (or their results_dir);
+    returns the paths written."""
     paths = []
-    by_slug: dict[str, list[dict]] = {}
+    by_path: dict[str, list[dict]] = {}
     for rec in RESULTS:
         slug = "cpu" if rec["device_type"] == "cpu" else "cuda-" + rec["device"].replace(" ", "_").lower()
-        by_slug.setdefault(slug, []).append(rec)
-    os.makedirs(RESULTS_DIR, exist_ok=True)
-    for slug, recs in by_slug.items():
-        path = os.path.join(RESULTS_DIR, f"{slug}.json")
+        by_path.setdefault(os.path.join(_RESULT_DIRS.get(id(rec), RESULTS_DIR), f"{slug}.json"), []).append(rec)
+    for path, recs in by_path.items():
+        os.makedirs(os.path.dirname(path), exist_ok=True)
         old = []
         if os.path.exists(path):
             try:

@@ -201,14 +201,13 @@ def hash_encode_reference(x, table, base_resolution, finest_resolution, bbox_min
         p = torch.where(p <= res, p, torch.full_like(p, float(res)))
         cell = p.detach().floor().to(torch.int64).clamp(max=res - 1)
         frac = p - cell.to(dtype)
+        bits = torch.tensor([[i & 1, (i >> 1) & 1, (i >> 2) & 1] for i in range(8)], dtype=torch.int64, device=device)
+        rows = hash_vertex_rows(cell[:, None, :] + bits, res, T)  # [N, 8]
+        vals = table[level][rows]  # [N, 8, F]: one gather per level
         acc = None
         for i in range(8):
-            bits = (i & 1, (i >> 1) & 1, (i >> 2) & 1)
-            vert = cell + torch.tensor(bits, dtype=torch.int64, device=device)
-            rows = hash_vertex_rows(vert, res, T)
-            wd = [frac[:, d] if bits[d] else 1 - frac[:, d] for d in range(3)]
-            w = wd[0] * wd[1] * wd[2]
-            term = w[:, None] * table[level][rows]
+            wd = [frac[:, d] if bits[i, d] else 1 - frac[:, d] for d in range(3)]
+            term = (wd[0] * wd[1] * wd[2])[:, None] * vals[:, i]
             acc = term if acc is None else acc + term
         outs.append(acc)
     out = torch.cat(outs, dim=-1)
