@@ -61,10 +61,17 @@ inline bool hash_level_dense(int64_t resolution, int64_t table_size) {
   return side * side * side <= table_size;  // side <= 2^20 + 1: no int64 overflow
 }
 
-// Table row of vertex (vx, vy, vz): side = N_l + 1 for a dense level, 0 for a hashed one.
-DGNERF_HD uint32_t hash_vertex_index(uint32_t vx, uint32_t vy, uint32_t vz, uint32_t side, uint32_t table_size) {
-  if (side != 0) return vx + side * (vy + side * vz);  // < table_size <= 2^31 for a dense level
-  return (vx ^ (vy * kHashPrimeY) ^ (vz * kHashPrimeZ)) % table_size;
+// x mod d for any uint32 x and d >= 1 without a division (Lemire, Kaser & Kurz, "Faster remainder by
+// direct computation", 2019: exact for 32-bit operands), magic = floor((2^64 - 1) / d) + 1 (mod 2^64).
+// The hashed rows need one remainder per corner, and a hardware division costs more than the rest of
+// the corner's arithmetic together.
+DGNERF_HD uint32_t fastmod_u32(uint32_t x, uint64_t magic, uint32_t d) {
+  const uint64_t low = magic * x;
+#if defined(__CUDA_ARCH__)
+  return static_cast<uint32_t>(__umul64hi(low, d));
+#else
+  return static_cast<uint32_t>((static_cast<unsigned __int128>(low) * d) >> 64);
+#endif
 }
 
 // Per-level constants, computed once on the host (level_params) and passed by value to the kernels.
@@ -80,7 +87,10 @@ template <typename scalar_t>
 struct HashGrid {
   HashLevel<scalar_t> level[kHashMaxLevels];
   scalar_t lo[3];
+  uint64_t mod_magic;   // for fastmod_u32(., ., table_size)
   uint32_t table_size;
+  uint32_t table_mask;  // table_size - 1 when table_size is a power of two (then h mod T = h & mask)
+  bool table_pow2;
   int32_t n_levels;
 };
 
@@ -115,10 +125,23 @@ DGNERF_UNROLL
   const scalar_t wx[2] = {scalar_t(1) - c->frac[0], c->frac[0]};
   const scalar_t wy[2] = {scalar_t(1) - c->frac[1], c->frac[1]};
   const scalar_t wz[2] = {scalar_t(1) - c->frac[2], c->frac[2]};
+  // Both row formulas combine one term per axis (a sum when dense, a xor when hashed), so the 8 corners
+  // share 6 terms; (v + 1) * P = v * P + P holds in uint32 arithmetic too.
+  const bool dense = lv.side != 0;
+  const uint32_t my = dense ? lv.side : kHashPrimeY;
+  const uint32_t mz = dense ? lv.side * lv.side : kHashPrimeZ;  // side^2 < 2^22 when dense
+  const uint32_t tx[2] = {cell[0], cell[0] + 1u};
+  const uint32_t ty[2] = {cell[1] * my, cell[1] * my + my};
+  const uint32_t tz[2] = {cell[2] * mz, cell[2] * mz + mz};
 DGNERF_UNROLL
   for (int i = 0; i < 8; ++i) {
     const uint32_t bx = i & 1, by = (i >> 1) & 1, bz = (i >> 2) & 1;
-    c->row[i] = hash_vertex_index(cell[0] + bx, cell[1] + by, cell[2] + bz, lv.side, g.table_size);
+    if (dense) {
+      c->row[i] = tx[bx] + ty[by] + tz[bz];  // <= (N_l + 1)^3 - 1 < T
+    } else {
+      const uint32_t h = tx[bx] ^ ty[by] ^ tz[bz];
+      c->row[i] = g.table_pow2 ? (h & g.table_mask) : fastmod_u32(h, g.mod_magic, g.table_size);
+    }
     c->weight[i] = wx[bx] * wy[by] * wz[bz];
   }
 }
@@ -185,6 +208,9 @@ HashGrid<scalar_t> hash_grid_params(int64_t L, int64_t T, at::ArrayRef<double> b
                                     int64_t base, int64_t finest) {
   HashGrid<scalar_t> g{};
   g.table_size = static_cast<uint32_t>(T);
+  g.table_pow2 = (T & (T - 1)) == 0;
+  g.table_mask = g.table_pow2 ? static_cast<uint32_t>(T - 1) : 0u;
+  g.mod_magic = ~uint64_t(0) / static_cast<uint64_t>(T) + 1;  // wraps to 0 for T = 1: x mod 1 = 0
   g.n_levels = static_cast<int32_t>(L);
   for (int d = 0; d < 3; ++d) g.lo[d] = static_cast<scalar_t>(bbox_min[d]);
   for (int64_t l = 0; l < L; ++l) {
