@@ -52,10 +52,11 @@ TORCH_LIBRARY(dgnerf, m) {
   m.def(
       "hash_encode(Tensor x, Tensor table, float[] bbox_min, float[] bbox_max, int base_resolution, "
       "int finest_resolution, ScalarType? out_dtype=None) -> Tensor");
-  // -> grad_table [L,T,F] (the table's dtype), grad_x [N,3] (shape [0] unless x_grad)
+  // -> grad_table [L,T,F] (the table's dtype; shape [0] unless table_grad), grad_x [N,3] (shape [0]
+  // unless x_grad)
   m.def(
       "hash_encode_backward(Tensor grad_out, Tensor x, Tensor table, float[] bbox_min, float[] bbox_max, "
-      "int base_resolution, int finest_resolution, bool x_grad) -> (Tensor, Tensor)");
+      "int base_resolution, int finest_resolution, bool x_grad, bool table_grad) -> (Tensor, Tensor)");
 
   // The fully-fused conditioned MLP (csrc/mlp/) adds its schemas below.
   // Field MLP (csrc/include/dgnerf/mlp.h): x_enc [B,P,Dx], d_enc [B,P,Dd], folded per-image biases

@@ -104,6 +104,22 @@ def test_x_gets_no_gradient_unless_asked():
 
 
 @needs_ext
+def test_frozen_table_gives_x_gradient_only():
+    # e.g. fitting camera poses through a trained field: no table gradient is computed or returned.
+    x = points(300).requires_grad_(True)
+    x_r = x.detach().clone().requires_grad_(True)
+    table = table_of(4, 1024, 2)
+    out = enc(x, table, 2, 60, x_grad=True)
+    g = torch.randn_like(out)
+    out.backward(g)
+    twin(x_r, table, 2, 60).backward(g)
+    assert table.grad is None and rel_err(x.grad, x_r.grad) <= 1e-5
+    g_table, g_x = torch.ops.dgnerf.hash_encode_backward(g, x.detach(), table, list(BOX[0]), list(BOX[1]), 2, 60,
+                                                         True, False)
+    assert g_table.shape == (0,) and torch.equal(g_x, x.grad)
+
+
+@needs_ext
 @pytest.mark.parametrize("with_outside", [False, True])
 def test_gradcheck_float64(with_outside):
     # L=3, T=64: level 0 (N=2) is dense, levels 1-2 (N=4, 8) are hashed.
@@ -308,8 +324,9 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.dgnerf.hash_encode.default, args)
     torch.library.opcheck(torch.ops.dgnerf.hash_encode.default, (x.requires_grad_(True), *args[1:], torch.bfloat16))
     g = torch.randn(40, 6)
-    for x_grad in (False, True):
-        torch.library.opcheck(torch.ops.dgnerf.hash_encode_backward.default, (g, x.detach(), table.detach(), *args[2:], x_grad))
+    for x_grad, table_grad in ((False, True), (True, True), (True, False)):
+        bwd_args = (g, x.detach(), table.detach(), *args[2:], x_grad, table_grad)
+        torch.library.opcheck(torch.ops.dgnerf.hash_encode_backward.default, bwd_args)
 
 
 @needs_ext
@@ -387,7 +404,7 @@ def test_cpp_checks_name_argument():
     with pytest.raises(RuntimeError, match="'out_dtype' expected"):
         torch.ops.dgnerf.hash_encode(x.double(), t.double(), *box, 2, 12, torch.float16)
     with pytest.raises(RuntimeError, match="'grad_out' expected shape"):
-        torch.ops.dgnerf.hash_encode_backward(torch.zeros(10, 5), x, t, *box, 2, 12, False)
+        torch.ops.dgnerf.hash_encode_backward(torch.zeros(10, 5), x, t, *box, 2, 12, False, True)
 
 
 # --- CUDA ------------------------------------------------------------------------------------

@@ -170,19 +170,23 @@ at::Tensor hash_encode_cpu(const at::Tensor& x, const at::Tensor& table, at::Arr
 std::tuple<at::Tensor, at::Tensor> hash_encode_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x,
                                                             const at::Tensor& table, at::ArrayRef<double> bbox_min,
                                                             at::ArrayRef<double> bbox_max, int64_t base_resolution,
-                                                            int64_t finest_resolution, bool x_grad) {
+                                                            int64_t finest_resolution, bool x_grad,
+                                                            bool table_grad) {
   check_hash_inputs(x, table, bbox_min, bbox_max, base_resolution, finest_resolution, kBwd);
   check_hash_grad(grad_out, x, table, kBwd);
   const int64_t N = x.size(0), L = table.size(0), T = table.size(1), F = table.size(2);
-  auto gtable = empty_large({L, T, F}, table.options());  // every row is written by its owner task
+  // Every row is written by its owner task: no zero-filled allocation.
+  auto gtable = table_grad ? empty_large({L, T, F}, table.options()) : at::empty({0}, table.options());
   auto gx = x_grad ? at::empty({N, 3}, x.options()) : at::empty({0}, x.options());
   hash_dispatch(table.scalar_type(), grad_out.scalar_type(), F, kBwd, [&](auto s, auto o, auto fc) {
     using scalar_t = decltype(s);
     using grad_t = decltype(o);
     constexpr int FC = decltype(fc)::value;
     const auto g = hash_grid_params<scalar_t>(L, T, bbox_min, bbox_max, base_resolution, finest_resolution);
-    hash_backward_table_cpu_kernel<scalar_t, grad_t, FC>(grad_out.data_ptr<grad_t>(), x.data_ptr<scalar_t>(),
-                                                         gtable.data_ptr<scalar_t>(), N, F, g);
+    if (table_grad) {
+      hash_backward_table_cpu_kernel<scalar_t, grad_t, FC>(grad_out.data_ptr<grad_t>(), x.data_ptr<scalar_t>(),
+                                                           gtable.data_ptr<scalar_t>(), N, F, g);
+    }
     if (x_grad && N > 0) {
       hash_backward_x_cpu_kernel<scalar_t, grad_t, FC>(grad_out.data_ptr<grad_t>(), x.data_ptr<scalar_t>(),
                                                        table.data_ptr<scalar_t>(), gx.data_ptr<scalar_t>(), N, F, g);

@@ -163,12 +163,13 @@ at::Tensor hash_encode_cuda(const at::Tensor& x, const at::Tensor& table, at::Ar
 std::tuple<at::Tensor, at::Tensor> hash_encode_backward_cuda(const at::Tensor& grad_out, const at::Tensor& x,
                                                              const at::Tensor& table, at::ArrayRef<double> bbox_min,
                                                              at::ArrayRef<double> bbox_max, int64_t base_resolution,
-                                                             int64_t finest_resolution, bool x_grad) {
+                                                             int64_t finest_resolution, bool x_grad,
+                                                             bool table_grad) {
   check_hash_inputs(x, table, bbox_min, bbox_max, base_resolution, finest_resolution, kBwd);
   check_hash_grad(grad_out, x, table, kBwd);
   const c10::cuda::CUDAGuard guard(table.device());
   const int64_t N = x.size(0), L = table.size(0), T = table.size(1), F = table.size(2);
-  auto gtable = at::zeros({L, T, F}, table.options());
+  auto gtable = table_grad ? at::zeros({L, T, F}, table.options()) : at::empty({0}, table.options());
   auto gx = x_grad ? at::empty({N, 3}, x.options()) : at::empty({0}, x.options());
   if (N == 0) return {gtable, gx};
   auto stream = c10::cuda::getCurrentCUDAStream();
@@ -178,9 +179,11 @@ std::tuple<at::Tensor, at::Tensor> hash_encode_backward_cuda(const at::Tensor& g
     constexpr int FC = decltype(fc)::value;
     const auto g = hash_grid_params<scalar_t>(L, T, bbox_min, bbox_max, base_resolution, finest_resolution);
     const dim3 grid(blocks_for(N), static_cast<unsigned int>(L));
-    hash_bwd_table_kernel<scalar_t, grad_t, FC><<<grid, kThreads, 0, stream>>>(
-        grad_out.data_ptr<grad_t>(), x.data_ptr<scalar_t>(), gtable.data_ptr<scalar_t>(), N, F, g);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (table_grad) {
+      hash_bwd_table_kernel<scalar_t, grad_t, FC><<<grid, kThreads, 0, stream>>>(
+          grad_out.data_ptr<grad_t>(), x.data_ptr<scalar_t>(), gtable.data_ptr<scalar_t>(), N, F, g);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
     if (x_grad) {
       hash_bwd_x_kernel<scalar_t, grad_t, FC><<<blocks_for(N), kThreads, 0, stream>>>(
           grad_out.data_ptr<grad_t>(), x.data_ptr<scalar_t>(), table.data_ptr<scalar_t>(), gx.data_ptr<scalar_t>(),

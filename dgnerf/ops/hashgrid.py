@@ -201,8 +201,8 @@ if hasattr(torch.ops, "dgnerf") and hasattr(torch.ops.dgnerf, "hash_encode"):
         return table.new_empty((x.shape[0], L * F), dtype=out_dtype if out_dtype is not None else table.dtype)
 
     @torch.library.register_fake("dgnerf::hash_encode_backward")
-    def _fake_bwd(grad_out, x, table, bbox_min, bbox_max, base_resolution, finest_resolution, x_grad):
-        return table.new_empty(table.shape), x.new_empty((x.shape[0], 3) if x_grad else (0,))
+    def _fake_bwd(grad_out, x, table, bbox_min, bbox_max, base_resolution, finest_resolution, x_grad, table_grad):
+        return table.new_empty(table.shape if table_grad else (0,)), x.new_empty((x.shape[0], 3) if x_grad else (0,))
 
     def _setup(ctx, inputs, output):
         x, table, bbox_min, bbox_max, base_resolution, finest_resolution = inputs[:6]
@@ -211,8 +211,10 @@ if hasattr(torch.ops, "dgnerf") and hasattr(torch.ops.dgnerf, "hash_encode"):
 
     def _backward(ctx, grad_out):
         x, table = ctx.saved_tensors
-        x_grad = bool(ctx.needs_input_grad[0])
-        g_table, g_x = torch.ops.dgnerf.hash_encode_backward(grad_out.contiguous(), x, table, *ctx.args, x_grad)
-        return (g_x if x_grad else None), g_table, None, None, None, None, None
+        x_grad, table_grad = bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])
+        g_table, g_x = torch.ops.dgnerf.hash_encode_backward(
+            grad_out.contiguous(), x, table, *ctx.args, x_grad, table_grad
+        )
+        return (g_x if x_grad else None), (g_table if table_grad else None), None, None, None, None, None
 
     torch.library.register_autograd("dgnerf::hash_encode", _backward, setup_context=_setup)
