@@ -52,8 +52,8 @@ def test_bench_hash_encode(device, out_dtype):
                            ("hash_encode fwd+bwd (table and x)", fwd_bwd_x)):
             # The twin takes seconds per call on the CPU: fewer of its repetitions. The kernels get more
             # warm-up: the first few 64 MB gradients wait for the OS to assemble huge pages.
-            ref_ms = time_ms(lambda: body(slow), device, warmup=1 if cpu else 3, iters=3 if cpu else 20)
-            fast_ms = time_ms(lambda: body(fast), device, warmup=5 if cpu else 10, iters=15 if cpu else 100)
+            ref_ms = time_ms(lambda b=body: b(slow), device, warmup=1 if cpu else 3, iters=3 if cpu else 20)
+            fast_ms = time_ms(lambda b=body: b(fast), device, warmup=5 if cpu else 10, iters=15 if cpu else 100)
             record(name, device, out_dtype, SHAPE, ref_ms, fast_ms, results_dir=LOCAL_RESULTS_DIR)
     finally:
         dgnerf.ops.set_checks(True)

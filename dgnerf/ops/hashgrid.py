@@ -126,12 +126,12 @@ def _check(x, table, base_resolution, finest_resolution, bbox, x_grad, out_dtype
     lo, hi = _check_bbox(bbox)
     if not isinstance(x_grad, bool):
         _common.fail(OP, f"argument 'x_grad' expected a bool, got {x_grad!r}")
-    if out_dtype is not None and out_dtype != table.dtype:
-        if not (table.dtype == torch.float32 and out_dtype in (torch.float16, torch.bfloat16)):
-            _common.fail(
-                OP, f"argument 'out_dtype' expected None, {table.dtype} (the table's dtype) or float16/bfloat16 "
-                f"with a float32 table, got {out_dtype}"
-            )
+    low_precision = table.dtype == torch.float32 and out_dtype in (torch.float16, torch.bfloat16)
+    if out_dtype is not None and out_dtype != table.dtype and not low_precision:
+        _common.fail(
+            OP, f"argument 'out_dtype' expected None, {table.dtype} (the table's dtype) or float16/bfloat16 "
+            f"with a float32 table, got {out_dtype}"
+        )
     return lo, hi
 
 
@@ -175,7 +175,7 @@ def hash_encode(
         torch.Size([1024, 32])
     """
     lo, hi = _check(x, table, base_resolution, finest_resolution, bbox, x_grad, out_dtype)
-    L, T, F = table.shape
+    L, _, F = table.shape
     lead = tuple(x.shape[:-1])
     checks = _common.checks_enabled()
     if checks:
@@ -196,7 +196,7 @@ if hasattr(torch.ops, "dgnerf") and hasattr(torch.ops.dgnerf, "hash_encode"):
 
     @torch.library.register_fake("dgnerf::hash_encode")
     def _fake(x, table, bbox_min, bbox_max, base_resolution, finest_resolution, out_dtype=None):
-        L, T, F = table.shape
+        L, _, F = table.shape
         torch._check(x.dim() == 2 and x.shape[1] == 3, lambda: "dgnerf.hash_encode: 'x' must be [points, 3]")
         return table.new_empty((x.shape[0], L * F), dtype=out_dtype if out_dtype is not None else table.dtype)
 

@@ -164,7 +164,7 @@ def hash_grid_resolutions(n_levels: int, base_resolution: int, finest_resolution
             continue
         b = math.exp((math.log(float(finest_resolution)) - math.log(float(base_resolution))) / float(n_levels - 1))
         v = float(base_resolution) * math.pow(b, float(level))
-        out.append(int(math.floor(v * (1.0 + 1e-9))))
+        out.append(math.floor(v * (1.0 + 1e-9)))
     return out
 
 
@@ -189,7 +189,7 @@ def hash_encode_reference(x, table, base_resolution, finest_resolution, bbox_min
     w = p - cell, and the 8 corners summed in the order i = 0..7 (bit 0: x, bit 1: y, bit 2: z) with
     weight (wx * wy) * wz. Differentiable by autograd with respect to table and x.
     """
-    L, T, F = table.shape
+    L, T, _ = table.shape
     dtype, device = table.dtype, table.device
     lo = torch.tensor([float(v) for v in bbox_min], dtype=dtype, device=device)
     extent = [float(h) - float(lw) for lw, h in zip(bbox_min, bbox_max)]
