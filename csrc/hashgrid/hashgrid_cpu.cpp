@@ -6,9 +6,10 @@
 // (level l, slice s) owns rows [T s / S, T (s + 1) / S) of level l's gradient, zero-fills them (first
 // touch by the thread that then writes them) and scans every point in order, keeping the corners
 // that fall in its rows. Every row's sum therefore runs in point order whatever the thread count.
-// S = 1 while there are at least as many levels as threads; above that, slices keep all threads busy
-// at the price of recomputing the corners once per slice (cheap next to the scattered adds).
-// Backward to x: a separate pass over points (gathers the table like the forward pass).
+// S = 1 while there are at least as many levels as threads: every slice recomputes the corners of
+// every point, which costs about as much as the adds themselves, so slices only serve threads that
+// would otherwise idle.
+// Backward to x: a separate level-outer pass like the forward one (it gathers the table the same way).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>

@@ -47,16 +47,17 @@ constexpr uint32_t kHashPrimeZ = 805459861u;
 
 // floor(base * b^l). The product can land a rounding error below an integer (2047.9999999 for 2048),
 // so a value within 1e-9 relative of the next integer counts as that integer: the finest level is
-// exactly finest_resolution. Host only (double); the twin (hash_grid_resolutions) is the same code.
-inline int64_t hash_level_resolution(int64_t level, int64_t n_levels, int64_t base, int64_t finest) {
+// exactly finest_resolution. In double; the kernels get it from the host (hash_grid_params), where it
+// calls the same libm as the twin (hash_grid_resolutions, the same code in Python).
+DGNERF_HD int64_t hash_level_resolution(int64_t level, int64_t n_levels, int64_t base, int64_t finest) {
   if (n_levels <= 1 || level == 0) return base;
-  const double b = std::exp((std::log(static_cast<double>(finest)) - std::log(static_cast<double>(base))) /
-                            static_cast<double>(n_levels - 1));
-  const double v = static_cast<double>(base) * std::pow(b, static_cast<double>(level));
-  return static_cast<int64_t>(std::floor(v * (1.0 + 1e-9)));
+  const double b = exp((log(static_cast<double>(finest)) - log(static_cast<double>(base))) /
+                       static_cast<double>(n_levels - 1));
+  const double v = static_cast<double>(base) * pow(b, static_cast<double>(level));
+  return static_cast<int64_t>(floor(v * (1.0 + 1e-9)));
 }
 
-inline bool hash_level_dense(int64_t resolution, int64_t table_size) {
+DGNERF_HD bool hash_level_dense(int64_t resolution, int64_t table_size) {
   const int64_t side = resolution + 1;
   return side * side * side <= table_size;  // side <= 2^20 + 1: no int64 overflow
 }
@@ -74,7 +75,7 @@ DGNERF_HD uint32_t fastmod_u32(uint32_t x, uint64_t magic, uint32_t d) {
 #endif
 }
 
-// Per-level constants, computed once on the host (level_params) and passed by value to the kernels.
+// Per-level constants, computed once on the host (hash_grid_params) and passed by value to the kernels.
 template <typename scalar_t>
 struct HashLevel {
   scalar_t scale[3];   // s_l = N_l / (hi - lo) per axis
