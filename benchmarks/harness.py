@@ -89,15 +89,14 @@ def record(name, device, dtype, shape, reference_ms, fast_ms, **extra) -> dict:
 
 
 def write_results() -> list[str]:
-    """Merge this session's records into benchmarks/results/<device>.json; returns the paths written."""
+    """Merge this session's records into RESULTS_DIR/<device>.json; returns the paths written."""
     paths = []
-    by_slug: dict[str, list[dict]] = {}
+    by_path: dict[str, list[dict]] = {}
     for rec in RESULTS:
         slug = "cpu" if rec["device_type"] == "cpu" else "cuda-" + rec["device"].replace(" ", "_").lower()
-        by_slug.setdefault(slug, []).append(rec)
-    os.makedirs(RESULTS_DIR, exist_ok=True)
-    for slug, recs in by_slug.items():
-        path = os.path.join(RESULTS_DIR, f"{slug}.json")
+        by_path.setdefault(os.path.join(RESULTS_DIR, f"{slug}.json"), []).append(rec)
+    for path, recs in by_path.items():
+        os.makedirs(os.path.dirname(path), exist_ok=True)
         old = []
         if os.path.exists(path):
             try:

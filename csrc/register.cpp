@@ -47,6 +47,17 @@ TORCH_LIBRARY(dgnerf, m) {
       "Tensor features, Tensor depths, Tensor deltas, Tensor background, float threshold) -> "
       "(Tensor, Tensor, Tensor, Tensor, Tensor)");
 
+  // Multiresolution hash-grid encoding (csrc/include/dgnerf/hashgrid.h): x [N,3] in the box
+  // [bbox_min, bbox_max], table [L,T,F] -> [N, L*F] (level-major), in out_dtype (default: the table's).
+  m.def(
+      "hash_encode(Tensor x, Tensor table, float[] bbox_min, float[] bbox_max, int base_resolution, "
+      "int finest_resolution, ScalarType? out_dtype=None) -> Tensor");
+  // -> grad_table [L,T,F] (the table's dtype; shape [0] unless table_grad), grad_x [N,3] (shape [0]
+  // unless x_grad)
+  m.def(
+      "hash_encode_backward(Tensor grad_out, Tensor x, Tensor table, float[] bbox_min, float[] bbox_max, "
+      "int base_resolution, int finest_resolution, bool x_grad, bool table_grad) -> (Tensor, Tensor)");
+
   // The fully-fused conditioned MLP (csrc/mlp/) adds its schemas below.
   // Field MLP (csrc/include/dgnerf/mlp.h): x_enc [B,P,Dx], d_enc [B,P,Dd], folded per-image biases
   // cond0/cond_skip [B,W] -> sigma [B,P], out [B,P,F] (feature) or [B,P,Wd] (hidden), and the saved

@@ -4,6 +4,8 @@ autograd.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as Fn
 
@@ -141,3 +143,69 @@ def field_mlp_reference(x_enc, d_enc, cond0, cond_skip, weights, output="feature
     if output == "hidden":
         return sigma, hdir
     return sigma, Fn.linear(hdir, weights.out_w, weights.out_b)
+
+
+# --- hash-grid encoding (twin of dgnerf.ops.hash_encode) -----------------------------------------
+
+HASH_PRIMES = (1, 2654435761, 805459861)
+
+
+def hash_grid_resolutions(n_levels: int, base_resolution: int, finest_resolution: int) -> list[int]:
+    """N_l = floor(base * b^l), b = exp((ln finest - ln base) / (L - 1)), in double exactly as the kernels
+    (csrc/include/dgnerf/hashgrid.h, hash_level_resolution) compute it; a value within 1e-9 relative below
+    an integer counts as that integer, so the last level is exactly finest_resolution."""
+    out = []
+    for level in range(n_levels):
+        if n_levels <= 1 or level == 0:
+            out.append(int(base_resolution))
+            continue
+        b = math.exp((math.log(float(finest_resolution)) - math.log(float(base_resolution))) / float(n_levels - 1))
+        v = float(base_resolution) * math.pow(b, float(level))
+        out.append(math.floor(v * (1.0 + 1e-9)))
+    return out
+
+
+def hash_vertex_rows(v: torch.Tensor, resolution: int, table_size: int) -> torch.Tensor:
+    """Table rows of integer vertices v [..., 3] (int64) of a level with resolution N: dense
+    vx + vy (N+1) + vz (N+1)^2 when (N+1)^3 <= T, else (vx ^ vy * 2654435761 ^ vz * 805459861) mod T in
+    uint32 arithmetic (each product masked to 32 bits; the coordinates are <= 2^20 so int64 holds it)."""
+    side = resolution + 1
+    vx, vy, vz = v[..., 0], v[..., 1], v[..., 2]
+    if side**3 <= table_size:
+        return vx + side * (vy + side * vz)
+    h = (vx * HASH_PRIMES[0]) ^ ((vy * HASH_PRIMES[1]) & _M32) ^ ((vz * HASH_PRIMES[2]) & _M32)
+    return h % table_size
+
+
+def hash_encode_reference(x, table, base_resolution, finest_resolution, bbox_min=(-1.0, -1.0, -1.0),
+                          bbox_max=(1.0, 1.0, 1.0), out_dtype=None):
+    """Twin of `dgnerf.ops.hash_encode`: x [N,3], table [L,T,F] -> [N, L*F] (level-major).
+
+    Per level: p = (x - lo) * s with s = N_l / (hi - lo) (rounded once to the table's dtype), p clamped
+    into [0, N_l] (NaN -> 0; the clamp cuts the gradient to x on that axis), cell = min(floor(p), N_l - 1),
+    w = p - cell, and the 8 corners summed in the order i = 0..7 (bit 0: x, bit 1: y, bit 2: z) with
+    weight (wx * wy) * wz. Differentiable by autograd with respect to table and x.
+    """
+    L, T, _ = table.shape
+    dtype, device = table.dtype, table.device
+    lo = torch.tensor([float(v) for v in bbox_min], dtype=dtype, device=device)
+    extent = [float(h) - float(lw) for lw, h in zip(bbox_min, bbox_max)]
+    outs = []
+    for level, res in enumerate(hash_grid_resolutions(L, base_resolution, finest_resolution)):
+        scale = torch.tensor([res / e for e in extent], dtype=dtype, device=device)
+        p = (x - lo) * scale
+        p = torch.where(p >= 0, p, torch.zeros_like(p))  # NaN fails p >= 0 too
+        p = torch.where(p <= res, p, torch.full_like(p, float(res)))
+        cell = p.detach().floor().to(torch.int64).clamp(max=res - 1)
+        frac = p - cell.to(dtype)
+        bits = torch.tensor([[i & 1, (i >> 1) & 1, (i >> 2) & 1] for i in range(8)], dtype=torch.int64, device=device)
+        rows = hash_vertex_rows(cell[:, None, :] + bits, res, T)  # [N, 8]
+        vals = table[level][rows]  # [N, 8, F]: one gather per level
+        acc = None
+        for i in range(8):
+            wd = [frac[:, d] if bits[i, d] else 1 - frac[:, d] for d in range(3)]
+            term = (wd[0] * wd[1] * wd[2])[:, None] * vals[:, i]
+            acc = term if acc is None else acc + term
+        outs.append(acc)
+    out = torch.cat(outs, dim=-1)
+    return out if out_dtype is None else out.to(out_dtype)
