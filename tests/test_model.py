@@ -9,7 +9,7 @@ import torch
 from dgnerf.camera import c2w_from_w2c, intrinsics_from_fov, look_at, orbit_c2w
 from dgnerf.metrics import psnr
 from dgnerf.model import HeadConfig, HeadModel, RenderOptions
-from dgnerf.model.field import positional_encoding
+from dgnerf.model.encoding import positional_encoding
 from tests.conftest import rel_err
 
 
@@ -271,3 +271,51 @@ def test_code_gains_scale_the_codes_and_stay_out_of_default_configs():
     assert HeadConfig.from_json(gained.cfg.to_json()).identity_gain == 3.0
     with pytest.raises(Exception, match="expression_gain"):
         HeadConfig.from_json(json.dumps(dict(cfg.to_dict(), expression_gain=0.0)))
+
+
+def _hashgrid_cfg(**kw):
+    base = dict(position_encoding="hashgrid", hash_levels=4, hash_table_size=2**9, hash_features=2,
+                hash_base_resolution=4, hash_finest_resolution=32, sphere_radius=1.3)
+    base.update(kw)
+    return HeadConfig.tiny(**base)
+
+
+def test_hashgrid_fast_equals_reference_values_and_gradients():
+    cfg = _hashgrid_cfg()
+    model = _randomize(HeadModel(cfg))
+    with torch.no_grad():  # a table of the size a trained one has (init is +-1e-4)
+        model.field.encoding.table.uniform_(-0.5, 0.5)
+    assert cfg.pos_enc_dim == 8 and model.field.trunk[0].weight.shape[1] == 8 + cfg.cond_dim
+    z, beta, c2w, K = _inputs(cfg)
+    target = torch.rand(2, 3, cfg.image_size, cfg.image_size)
+
+    def run(path):
+        zz, cc = z.clone().requires_grad_(True), c2w.clone().requires_grad_(True)
+        model.zero_grad()
+        out = model(zz, beta, cc, K, options=RenderOptions(path=path))
+        ((out.image - target) ** 2).mean().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+        grads.update(identity=zz.grad, c2w=cc.grad)
+        return out, grads
+
+    ref, g_ref = run("reference")
+    fast, g_fast = run("fast")
+    for k in ("image", "feature_map", "opacity", "depth"):
+        assert rel_err(getattr(fast, k), getattr(ref, k)) < 1e-5, k
+    assert float(g_ref["field.encoding.table"].abs().sum()) > 0
+    for n, g in g_ref.items():
+        assert rel_err(g_fast[n], g) < 1e-4, n  # c2w: gradients flow through the points into the grid
+
+
+def test_hashgrid_config_round_trip_and_frequency_configs_unchanged():
+    cfg = _hashgrid_cfg()
+    again = HeadConfig.from_json(cfg.to_json())
+    assert again == cfg and again.to_dict()["position_encoding"] == "hashgrid"
+    plain = HeadConfig.tiny().to_dict()
+    assert "position_encoding" not in plain and not any(k.startswith("hash_") for k in plain)
+    assert "field.encoding.table" not in HeadModel(HeadConfig.tiny()).state_dict()
+    with pytest.raises(Exception, match="position_encoding"):
+        HeadConfig.tiny(position_encoding="fourier")
+    with pytest.raises(Exception, match="hash_finest_resolution"):
+        _hashgrid_cfg(hash_finest_resolution=2)
+    assert _hashgrid_cfg().hash_half_size == 1.3 and _hashgrid_cfg(hash_bound=2.0).hash_half_size == 2.0

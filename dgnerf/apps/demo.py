@@ -31,6 +31,8 @@ from dgnerf.train.trainer import FrameStore
 # (held-out 13.48 vs 11.96 dB, train 18.01 vs 18.63, expression change 0.0156 vs 0.0097) but lost over the full
 # 6.5-minute demo (held-out 12.27 vs 12.54 dB, train 19.14 vs 20.65 dB, expression change 0.0129 vs 0.0111).
 DEMO_MODEL = PRESETS["small"]
+# The demo's training settings (TrainConfig fields; data, out, steps and seed come from run_demo).
+DEMO_TRAIN = dict(batch_size=8, lr=2e-3, lr_final=2e-4, lambda_perceptual=0.0)
 
 
 def _frames_to_video(frames, path, fps=15.0):
@@ -160,9 +162,8 @@ def run_demo(out: str = "out", minutes: float = 6.5, size: str = "small", seed: 
         build_synthetic_dataset(data, size=size, seed=seed, overwrite=True, progress=True)
     run_dir = os.path.join(out, "run")
     log(f"[demo] 2/3 training for up to {minutes:g} min on {torch.get_num_threads()} CPU threads -> {run_dir}")
-    cfg = TrainConfig(data=data, out=run_dir, model=dict(DEMO_MODEL), batch_size=8, steps=steps, lr=2e-3,
-                      lr_final=2e-4, lambda_perceptual=lambda_perceptual, checkpoint_every=250, sample_every=500,
-                      log_every=10, seed=seed, max_minutes=minutes)
+    cfg = TrainConfig(data=data, out=run_dir, model=dict(DEMO_MODEL), **dict(DEMO_TRAIN, lambda_perceptual=lambda_perceptual),
+                      steps=steps, checkpoint_every=250, sample_every=500, log_every=10, seed=seed, max_minutes=minutes)
     result = train(cfg)
     log(f"[demo] trained {result['step']} steps, last loss {result['last'].get('loss', float('nan')):.4f}")
     log(f"[demo] 3/3 writing pictures and metrics to {out}")

@@ -13,7 +13,6 @@ import json
 import os
 import time
 
-
 from dgnerf.apps.ablation import IdentityVariant, check_same_frames, identity_ablation, identity_kind
 from dgnerf.apps.fit import FitConfig, comparison_png, fit_person, metric_changes, summarize, targets_from_dataset
 from dgnerf.apps.tables import HIGHER_IS_BETTER, csim_note, header, mean, row

@@ -1,7 +1,6 @@
 """`dgnerf orbit`: a video of novel views of one head along a closed camera path around the frontal view."""
 from __future__ import annotations
 
-
 from dgnerf.camera import orbit_path
 from dgnerf.commands._common import add_model_args, build_model, check_camera_flags, check_out, codes, render_frames
 from dgnerf.errors import DgnerfError

@@ -1,7 +1,6 @@
 """`dgnerf render`: one image of a head from identity and expression codes (code files: dgnerf.codes)."""
 from __future__ import annotations
 
-
 import torch
 from PIL import Image
 

@@ -16,6 +16,9 @@ from dgnerf.codes import EXPRESSION_DIM, IDENTITY_DIM
 from dgnerf.errors import DgnerfError
 
 SIGMA_ACTIVATIONS = ("softplus", "relu")
+POSITION_ENCODINGS = ("frequency", "hashgrid")
+HASH_FIELDS = ("hash_levels", "hash_table_size", "hash_features", "hash_base_resolution", "hash_finest_resolution",
+               "hash_bound")
 # Named model sizes: HeadConfig overrides with the paper's structure (the codes' sizes come from the data).
 # "tiny" for tests; "small" for minutes on a CPU (the demo); "small128" the same at 128x128 images (realvideo).
 PRESETS = {
@@ -34,6 +37,17 @@ class HeadConfig:
     # Conditioning codes.
     identity_dim: int = IDENTITY_DIM  # identity code (face-recognition feature)
     expression_dim: int = EXPRESSION_DIM  # expression coefficients
+    # Position encoding of x: "frequency" = the paper's gamma(x); "hashgrid" = a learnable multiresolution hash
+    # grid (dgnerf.ops.hash_encode) of hash_levels x hash_table_size x hash_features over the cube
+    # [-hash_bound, hash_bound]^3 (0 = the head's sphere_radius, or 1.5 without one), grid resolutions from
+    # hash_base_resolution to hash_finest_resolution. The hash fields are left out of to_dict() for "frequency".
+    position_encoding: str = "frequency"
+    hash_levels: int = 16
+    hash_table_size: int = 2**19
+    hash_features: int = 2
+    hash_base_resolution: int = 16
+    hash_finest_resolution: int = 1024
+    hash_bound: float = 0.0
     # Field MLP (the layout of dgnerf.ops.field_mlp).
     pos_freqs: int = 10  # gamma(x): x, sin/cos(2^k x), k < 10 -> 63-d
     dir_freqs: int = 4  # gamma(d): d, sin/cos(2^k d), k < 4 -> 27-d
@@ -93,7 +107,17 @@ class HeadConfig:
     # ------------------------------------------------------------------ derived sizes
     @property
     def pos_enc_dim(self) -> int:
+        """Width of the encoded position enc(x)."""
+        if self.position_encoding == "hashgrid":
+            return self.hash_levels * self.hash_features
         return 3 + 6 * self.pos_freqs
+
+    @property
+    def hash_half_size(self) -> float:
+        """Half the edge of the cube the hash grid covers."""
+        if self.hash_bound > 0:
+            return float(self.hash_bound)
+        return float(self.sphere_radius) if self.sphere_radius > 0 else 1.5
 
     @property
     def dir_enc_dim(self) -> int:
@@ -139,6 +163,17 @@ class HeadConfig:
         need(1 <= self.skip_layer < self.mlp_depth or self.skip_layer == -1, "skip_layer",
              f"-1 (no skip) or an index in [1, mlp_depth={self.mlp_depth})")
         need(self.sigma_activation in SIGMA_ACTIVATIONS, "sigma_activation", f"one of {SIGMA_ACTIVATIONS}")
+        need(self.position_encoding in POSITION_ENCODINGS, "position_encoding", f"one of {POSITION_ENCODINGS}")
+        for name in ("hash_levels", "hash_table_size", "hash_features", "hash_base_resolution", "hash_finest_resolution"):
+            v = getattr(self, name)
+            need(isinstance(v, int) and not isinstance(v, bool) and v > 0, name, "a positive int")
+        need(self.hash_levels <= 64, "hash_levels", "at most 64")
+        need(self.hash_table_size <= 2**31, "hash_table_size", "at most 2^31")
+        need(self.hash_base_resolution <= self.hash_finest_resolution <= 2**20, "hash_finest_resolution",
+             f"an int in [hash_base_resolution={self.hash_base_resolution}, 2^20]")
+        need(isinstance(self.hash_bound, (int, float)) and not isinstance(self.hash_bound, bool)
+             and math.isfinite(self.hash_bound) and self.hash_bound >= 0, "hash_bound",
+             "a finite number >= 0 (0 = the head's sphere_radius)")
         need(0 <= self.near < self.far, "near", f"0 <= near < far ({self.far})")
         need(0 < self.fov_deg < 180, "fov_deg", "a field of view in (0, 180) degrees")
         need(self.camera_distance > 0, "camera_distance", "> 0")
@@ -178,6 +213,9 @@ class HeadConfig:
             d["world_frame"] = list(self.world_frame)
         else:
             del d["world_frame"]
+        if self.position_encoding == "frequency":
+            for k in ("position_encoding",) + HASH_FIELDS:
+                del d[k]
         return d
 
     def to_json(self) -> str:
@@ -213,4 +251,4 @@ class HeadConfig:
         return cls(**base)
 
 
-__all__ = ["HeadConfig", "PRESETS", "SIGMA_ACTIVATIONS"]
+__all__ = ["HeadConfig", "PRESETS", "POSITION_ENCODINGS", "SIGMA_ACTIVATIONS"]

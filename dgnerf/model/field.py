@@ -1,6 +1,7 @@
 """The conditioned field MLP as an nn.Module (docs/design.md, "The model").
 
-Layout (the one dgnerf.ops.field_mlp takes): u = [gamma(x), identity, expression] (+ the normalised gaze code
+Layout (the one dgnerf.ops.field_mlp takes): u = [enc(x), identity, expression] with enc = gamma (the paper's
+frequency encoding) or a hash grid (dgnerf.model.encoding) (+ the normalised gaze code
 after the expression when cfg.gaze_dim > 0: `condition()` appends it, so every path treats it as conditioning);
     h_1 = relu(L_0 u);  h_{i+1} = relu(L_i h_i), except L_skip whose input is cat([u, h_skip]) (u first)
     sigma_raw = L_sigma h_D                       (the density activation is applied by the caller)
@@ -17,17 +18,8 @@ import torch
 from torch import nn
 
 from dgnerf.model.config import HeadConfig
+from dgnerf.model.encoding import PositionEncoding
 from dgnerf.ops import FieldWeights
-
-
-def positional_encoding(x: torch.Tensor, n_freqs: int) -> torch.Tensor:
-    """gamma(x) = [x, sin(2^0 x), cos(2^0 x), ..., sin(2^{n-1} x), cos(2^{n-1} x)] -> [..., 3 + 6 n]."""
-    if n_freqs == 0:
-        return x
-    freqs = 2.0 ** torch.arange(n_freqs, device=x.device, dtype=x.dtype)
-    xf = x[..., None, :] * freqs[:, None]  # [..., n, 3]
-    sc = torch.stack([torch.sin(xf), torch.cos(xf)], dim=-2)  # [..., n, 2, 3]
-    return torch.cat([x, sc.flatten(-3)], dim=-1)
 
 
 class FieldMLP(nn.Module):
@@ -36,6 +28,7 @@ class FieldMLP(nn.Module):
     def __init__(self, cfg: HeadConfig):
         super().__init__()
         self.cfg = cfg
+        self.encoding = PositionEncoding(cfg)
         W, U = cfg.mlp_width, cfg.input_dim
         layers = []
         for i in range(cfg.mlp_depth):
@@ -97,4 +90,4 @@ class FieldMLP(nn.Module):
                                           self.out.bias, dx=cfg.pos_enc_dim, skip=skip)
 
 
-__all__ = ["FieldMLP", "positional_encoding"]
+__all__ = ["FieldMLP"]
