@@ -38,7 +38,7 @@ def _load() -> None:
         )
         return
     try:
-        from dgnerf import _C
+        from dgnerf import _C  # noqa: F401  (importing it registers the ops)
     except ImportError as e:
         load_error = f"dgnerf._C could not be loaded ({e}); {REBUILD_HINT}"
         return

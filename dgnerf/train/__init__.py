@@ -1,2 +1,4 @@
-"""Training on many people: TrainConfig, Trainer (resume, DDP), and the demo."""
+"""Training on many people: TrainConfig, Trainer (resume, DDP)."""
 from dgnerf.train.trainer import TrainConfig, Trainer, train
+
+__all__ = ["TrainConfig", "Trainer", "train"]
