@@ -159,7 +159,8 @@ def test_demo_outputs_from_a_short_run(tiny_set, tmp_path):
     out.mkdir()
     res = make_outputs(cfg.out, tiny_set, str(out), log=lambda *a: None)
     for name in ("expression_interpolation.png", "identity_interpolation.png", "heldout_renders.png",
-                 "train_renders.png", "loss_curve.png", "orbit_train_person.mp4", "metrics.json"):
+                 "train_renders.png", "loss_curve.png", "orbit_train_person.mp4", "fit_one_image.png",
+                 "drive_fitted_person.mp4", "metrics.json"):
         if name.endswith(".mp4") and not (out / name).exists():
             name = name.replace(".mp4", ".gif")  # no video encoder: the GIF fallback
         assert (out / name).exists(), name
@@ -168,3 +169,16 @@ def test_demo_outputs_from_a_short_run(tiny_set, tmp_path):
     assert grid_img.size[0] == ident.size[0] and grid_img.size[1] > ident.size[1] * 1.2  # 4 rows vs 3
     assert 0.0 <= res["expression_mean_change"] <= 1.0
     assert math.isfinite(res["heldout"]["masked_psnr_db"])
+    fitted = res["fitted"]  # the unseen person fitted from one image, its other frames with the fitted identity
+    assert fitted["other_frames"] == 2 and all(math.isfinite(fitted[k]) for k in (
+        "masked_psnr_db", "encoder_psnr_db", "other_frames_psnr_db", "other_frames_encoder_psnr_db", "seconds"))
+
+
+def test_demo_rejects_non_positive_steps_and_minutes(tmp_path, capsys):
+    from dgnerf.cli import main
+
+    for argv in (["--steps", "0"], ["--steps", "-5"], ["--minutes", "0"], ["--minutes", "-1"]):
+        assert main(["demo", "--out", str(tmp_path / "o"), *argv]) == 2
+        err = capsys.readouterr().err
+        assert argv[0] in err and err.count("\n") == 1, err
+        assert not (tmp_path / "o").exists()
