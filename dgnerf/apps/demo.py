@@ -18,7 +18,7 @@ import time
 import torch
 
 from dgnerf.apps.drive import drive_frames, driver_from_dataset
-from dgnerf.apps.fit import FitConfig, FitTarget, fit_person, targets_from_dataset
+from dgnerf.apps.fit import FitConfig, fit_person, targets_from_dataset
 from dgnerf.apps.interp import interpolation_grid
 from dgnerf.camera import orbit_c2w
 from dgnerf.data import HeadDataset, check_dataset
@@ -164,15 +164,6 @@ def make_outputs(run_dir: str, data_dir: str, out_dir: str, log=print) -> dict:
     return results
 
 
-def _subset(target: FitTarget, rows: list[int]) -> FitTarget:
-    """The frames `rows` of a fit target."""
-    pick = lambda t: None if t is None else t[rows]  # noqa: E731
-    return FitTarget(person=target.person, image=target.image[rows], mask=target.mask[rows], c2w=target.c2w[rows],
-                     intrinsics=target.intrinsics[rows], identity=target.identity[rows],
-                     expression=target.expression[rows], frame_index=[target.frame_index[r] for r in rows],
-                     landmarks=pick(target.landmarks), gaze=pick(target.gaze))
-
-
 def fit_one_image(model, data_dir: str, out_dir: str, scale: int, log=print) -> dict:
     """The paper's fitting from a single image: the first held-out person's most frontal frame. Its identity
     and expression codes and camera are fitted (then, with DEMO_FIT.finetune_iters, a copy of the model); the
@@ -183,10 +174,10 @@ def fit_one_image(model, data_dir: str, out_dir: str, scale: int, log=print) -> 
     yaw = torch.atan2(target.c2w[:, 0, 2], target.c2w[:, 2, 2]).abs()  # 0 = looking straight at the face
     first = int(yaw.argmin())
     others = [r for r in range(len(target)) if r != first]
-    one = _subset(target, [first])
+    one = target.subset([first])
     res = fit_person(model, one, DEMO_FIT, progress=True)
     fitted = res.model if res.model is not None else model
-    rest = _subset(target, others)
+    rest = target.subset(others)
     with torch.no_grad():
         init_rest = torch.cat([_render(model, rest.identity[i:i + 8], rest.expression[i:i + 8], rest.c2w[i:i + 8],
                                        rest.intrinsics[i:i + 8]) for i in range(0, len(rest), 8)])

@@ -29,7 +29,7 @@ def run(args):
     persons = [p for p in args.persons.split(",") if p] if args.persons else None
     other = identity_variant(args, dev)
     embedder, reason = csim_embedder(not args.no_csim)
-    rep = evaluate(model, args.dataset, args.out, split=args.split, persons=persons, cfg=cfg, max_frames=args.max_frames,
+    rep = evaluate(model, args.dataset, args.out, split=args.split, persons=persons, cfg=cfg, max_frames=args.max_frames or None,
                    vgg=vgg, lpips_vgg=lpips_vgg, ablation_lambda=args.ablation_lambda,
                    checkpoint=os.path.abspath(args.checkpoint), progress=not args.no_progress, csim_embedder=embedder,
                    csim_reason=reason, ablation_identity=other)
@@ -89,5 +89,5 @@ def register(sub):
                    help="train the model on D2 here, exactly as --checkpoint was trained (its train_state.json)")
     p.add_argument("--ablation-identity-steps", type=int, default=None, metavar="N",
                    help="with --ablation-identity-train: train N steps (default: as many as --checkpoint had)")
-    add_fit_arguments(p)
+    add_fit_arguments(p, max_frames_default=None)  # the paper's protocol: every frame
     p.set_defaults(func=run)
