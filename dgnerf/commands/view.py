@@ -44,7 +44,7 @@ def run(args):
         if not ok:
             print(f"dgnerf view: {why}", file=sys.stderr)
     server = ViewerServer(session, args.host, args.port, live=live)
-    session.warmup()
+    server.warmup()
 
     async def main():
         task = asyncio.create_task(server.serve_forever())

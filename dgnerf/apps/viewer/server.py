@@ -53,6 +53,7 @@ else:
     WEBSOCKETS_MISSING = None
 
 IDLE_FULL_S = 0.25  # a drag that pauses this long gets its full frame
+LIVE_IDLE_S = 1.0  # with the webcam on, the full frame waits until its frames stop this long
 MAX_TEXT = 64 * 1024
 MAX_MESSAGE = 2 * 1024 * 1024  # a webcam JPEG or a code file
 MAX_CAMERA_SIDE = 1280
@@ -128,6 +129,11 @@ class ViewerServer:
         self._server = None
         self._loop = None
         self._stop = None
+
+    def warmup(self):
+        """session.warmup() on the engine thread itself: the renders' first-call costs (oneDNN primitive
+        caches, thread-local scratch) belong to the thread that will render."""
+        self.pool.submit(self.session.warmup).result()
 
     # ------------------------------------------------------------------ HTTP: the page, and who may connect
     def _allowed_host(self, host_header: str | None) -> bool:
@@ -225,6 +231,7 @@ class _Page:
         self.tracker = None
         self.tracker_error = None
         self.last_tracked = None  # (pose, expression) of the newest tracked webcam frame
+        self.last_camera = 0.0  # when the newest webcam frame arrived (perf_counter)
         self.rendered = 0
 
     def close(self):
@@ -297,7 +304,12 @@ class _Page:
             if isinstance(t, bool) or not isinstance(t, (int, float)) or not np.isfinite(t):
                 raise ViewerInputError("camera.t: expected a finite number (the page's clock)")
             rgb = decode_camera_jpeg(payload)
+            if self.camera is not None:  # not started yet: the newer frame replaces it, the page hears so
+                old = self.camera[0]
+                asyncio.get_running_loop().create_task(self.ws.send(json.dumps(
+                    {"type": "live", "id": old["id"], "t": old["t"], "ok": False, "reason": "dropped"})))
             self.camera = ({"id": cid, "t": t}, rgb, time.perf_counter())
+            self.last_camera = time.perf_counter()
         elif kind == "upload":
             index = self.session.add_code(header.get("name"), payload)
             asyncio.get_running_loop().create_task(self.ws.send(json.dumps(
@@ -314,6 +326,8 @@ class _Page:
         if self.dirty:
             return "state"
         if idle and self.last_quality == "preview":
+            if self.state.live and time.perf_counter() - self.last_camera < LIVE_IDLE_S:
+                return None  # webcam frames keep coming: a full frame now would only delay the next one
             return "idle"
         return None
 
@@ -335,6 +349,8 @@ class _Page:
             st, camera = self.state, None
             if job == "camera":
                 camera, self.camera = self.camera, None
+                # the page grabs its next frame now, so it arrives while this one is tracked and rendered
+                await self.ws.send(json.dumps({"type": "live_started", "id": camera[0]["id"]}))
             if job in ("state", "idle", "camera"):
                 self.dirty = False
             try:

@@ -18,7 +18,7 @@ let dragTimer = null;
 let playTimer = null;
 let cameraStream = null;
 let cameraId = 0;
-let cameraInFlight = null; // {id, sent}
+const cameraInFlight = new Map(); // id -> when it was grabbed
 let shownUrl = null;
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -57,10 +57,14 @@ function packBinary(header, payload) {
 function onText(msg) {
   if (msg.type === "hello") setup(msg);
   else if (msg.type === "error") { showError(msg.message); cameraDone(); }
+  else if (msg.type === "live_started") cameraStarted(msg.id);
   else if (msg.type === "live") {
-    viewer.stats.liveFailures += 1;
-    $("live-status").textContent = `no head tracked (${msg.reason})`;
-    cameraDone();
+    if (msg.reason === "dropped") viewer.stats.liveDropped = (viewer.stats.liveDropped || 0) + 1;
+    else {
+      viewer.stats.liveFailures += 1;
+      $("live-status").textContent = `no head tracked (${msg.reason})`;
+    }
+    cameraDone(msg.id);
   } else if (msg.type === "neutral") {
     $("live-status").textContent = msg.ok ? (msg.action === "set" ? "neutral: this face" : "neutral: running median")
       : "no tracked face yet";
@@ -112,7 +116,8 @@ function showFrame(h, jpeg) {
       const latency = performance.now() - h.live.t;
       s.latencies.push(latency);
       s.live.push({ id: h.live.id, yaw: h.pose[0], pitch: h.pose[1], roll: h.pose[2], tracked: h.live.tracked,
-                    latency, shownAt: performance.now(), quality: h.quality });
+                    latency, shownAt: performance.now(), quality: h.quality, track_ms: h.live.track_ms,
+                    queued_ms: h.live.queued_ms, render_ms: h.render_ms });
       $("latency").textContent = `camera → render ${latency.toFixed(0)} ms (track ${h.live.track_ms} ms)`;
     }
   };
@@ -128,7 +133,7 @@ function showFrame(h, jpeg) {
     $("live-pose").textContent = `tracked yaw ${y.toFixed(1)}° pitch ${p.toFixed(1)}° roll ${r.toFixed(1)}°`;
     $("live-status").textContent = viewer.hello.live.expression ? "driving pose and expression"
       : "driving the pose (the dataset has no landmark expression basis: expression from the sliders)";
-    cameraDone();
+    cameraDone(h.live.id);
   }
 }
 
@@ -379,7 +384,8 @@ async function startCamera() {
 function stopCamera() {
   for (const t of cameraStream.getTracks()) t.stop();
   cameraStream = null;
-  cameraInFlight = null;
+  waiting.clear();
+  processing.clear();
   $("camera-box").classList.add("hidden");
   $("webcam").textContent = "start webcam";
   $("neutral-set").disabled = $("neutral-reset").disabled = true;
@@ -387,19 +393,36 @@ function stopCamera() {
   send(false);
 }
 
-function cameraDone() {
-  if (!cameraInFlight) return;
-  cameraInFlight = null;
+// Webcam pacing: one frame processing on the server and at most one waiting behind it. The next frame is
+// grabbed when the server starts on the last ("live_started"), so it is on its way while the last one is
+// tracked and rendered (the engine never waits for the page) but no older than it must be. A frame the server
+// replaces with a newer one is answered "dropped".
+const waiting = cameraInFlight; // sent, not started yet
+const processing = new Map(); // started on the server, not answered yet
+
+function cameraStarted(id) {
+  if (waiting.has(id)) { processing.set(id, waiting.get(id)); waiting.delete(id); }
   grabNext();
 }
 
+function cameraDone(id) {
+  if (id === undefined) { waiting.clear(); processing.clear(); } // an error names no frame: start afresh
+  else { waiting.delete(id); processing.delete(id); }
+  grabNext();
+}
+
+function cameraBusy() { return waiting.size >= 1 || processing.size >= 2; }
+
+let grabPending = false;
 function grabNext() {
-  if (!cameraStream || cameraInFlight) return;
+  if (!cameraStream || grabPending || cameraBusy()) return;
   const video = $("camera");
+  grabPending = true;
   const grab = () => {
-    if (!cameraStream || cameraInFlight) return;
+    grabPending = false;
+    if (!cameraStream || cameraBusy()) return;
     const w = video.videoWidth, h = video.videoHeight;
-    if (!w || !h) { setTimeout(grab, 30); return; }
+    if (!w || !h) { grabPending = true; setTimeout(grab, 30); return; }
     const scale = Math.min(1, 320 / w);
     const canvas = $("grab");
     canvas.width = Math.round(w * scale);
@@ -409,11 +432,12 @@ function grabNext() {
     const id = cameraId++;
     const t = performance.now();
     if (viewer.hooks.cameraFrame) viewer.hooks.cameraFrame(ctx, id, canvas);
-    cameraInFlight = { id, sent: t };
+    cameraInFlight.set(id, t);
     canvas.toBlob(async (blob) => {
       if (!ws || ws.readyState !== WebSocket.OPEN) return;
       ws.send(packBinary({ type: "camera", id, t }, await blob.arrayBuffer()));
     }, "image/jpeg", 0.85);
+    grabNext();
   };
   if (video.requestVideoFrameCallback) video.requestVideoFrameCallback(() => grab());
   else setTimeout(grab, 30);
@@ -421,7 +445,9 @@ function grabNext() {
 
 // an answer that never came (a dropped message) must not stop the webcam loop
 setInterval(() => {
-  if (cameraInFlight && performance.now() - cameraInFlight.sent > 3000) { cameraInFlight = null; grabNext(); }
+  const now = performance.now();
+  for (const m of [waiting, processing]) for (const [id, sent] of m) if (now - sent > 3000) m.delete(id);
+  grabNext();
 }, 1000);
 
 bindControls();
