@@ -223,7 +223,7 @@ class _Page:
     def __init__(self, server: ViewerServer, ws):
         self.server, self.ws, self.session = server, ws, server.session
         self.state = self.session.default_state()
-        self.dirty = True
+        self.dirty = False  # nothing is rendered before the page sends its state
         self.last_quality = None
         self.camera = None  # (header, rgb) newest webcam frame not yet answered
         self.requests = []  # "save_png" / "save_codes"
