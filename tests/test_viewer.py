@@ -14,7 +14,12 @@ import torch
 from PIL import Image
 
 from dgnerf.apps.viewer.live import FACE_FRAME, LiveTracker, Tracked, head_angles
-from dgnerf.apps.viewer.session import ViewerInputError, ViewerSession, orbit_angles, preview_model
+from dgnerf.apps.viewer.session import (
+    ViewerInputError,
+    ViewerSession,
+    orbit_angles,
+    preview_model,
+)
 from dgnerf.camera import rotation_matrix, view_c2w
 from dgnerf.codes import load_code
 from dgnerf.model import HeadConfig, HeadModel
@@ -362,7 +367,7 @@ def test_server_refuses_other_origins_and_hosts(server):
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(url + path)
         assert e.value.code == 404
-    req = urllib.request.Request(url, headers={"Host": "rebound.example:%d" % s.bound_port})
+    req = urllib.request.Request(url, headers={"Host": f"rebound.example:{s.bound_port}"})
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(req)
     assert e.value.code == 403

@@ -22,7 +22,16 @@ import time
 import numpy as np
 import pytest
 
-from tests.viewer_browser import READ_STAMP_JS, ViewServer, browser_missing, chrome, stamp, view_pixels, wait_for, write_y4m
+from tests.viewer_browser import (
+    READ_STAMP_JS,
+    ViewServer,
+    browser_missing,
+    chrome,
+    stamp,
+    view_pixels,
+    wait_for,
+    write_y4m,
+)
 
 MISSING = browser_missing()
 pytestmark = [pytest.mark.skipif(MISSING is not None, reason=str(MISSING)), pytest.mark.slow]

@@ -133,8 +133,7 @@ def write_y4m(path: str, frames: list, fps: int) -> None:
                 return c.reshape(h // 2, 2, w // 2, 2).mean((1, 3))
 
             f.write(b"FRAME\n")
-            for plane in (y, half(u), half(v)):
-                f.write(np.clip(np.rint(plane), 0, 255).astype(np.uint8).tobytes())
+            f.writelines(np.clip(np.rint(plane), 0, 255).astype(np.uint8).tobytes() for plane in (y, half(u), half(v)))
 
 
 READ_STAMP_JS = f"""

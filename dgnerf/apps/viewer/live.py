@@ -136,4 +136,4 @@ def live_available() -> tuple[bool, str]:
     return True, ""
 
 
-__all__ = ["LiveTracker", "Tracked", "head_angles", "live_available", "FACE_FRAME"]
+__all__ = ["FACE_FRAME", "LiveTracker", "Tracked", "head_angles", "live_available"]

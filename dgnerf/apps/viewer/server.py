@@ -237,7 +237,10 @@ class _Page:
     def close(self):
         if self.tracker is not None:
             tracker, self.tracker = self.tracker, None
-            self.server.pool.submit(tracker.close)  # on the thread that made it
+            try:
+                self.server.pool.submit(tracker.close)  # on the thread that made it
+            except RuntimeError:  # the server is shutting down: the process ends the tracker
+                pass
 
     async def run(self):
         s = self.server
@@ -421,4 +424,4 @@ class _Page:
         return [self.frame(st, st.live_quality, pose=pose, expression=expression, extra={"live": live})]
 
 
-__all__ = ["ViewerServer", "pack", "unpack", "is_loopback", "IDLE_FULL_S"]
+__all__ = ["IDLE_FULL_S", "ViewerServer", "is_loopback", "pack", "unpack"]

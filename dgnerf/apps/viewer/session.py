@@ -438,5 +438,14 @@ def _int(d: dict, key: str, lo: int, hi: int, prefix: str = "") -> int:
     return int(v)
 
 
-__all__ = ["ViewerSession", "ViewerInputError", "State", "Person", "Components", "preview_model", "orbit_angles",
-           "encode_jpeg", "QUALITIES"]
+__all__ = [
+    "QUALITIES",
+    "Components",
+    "Person",
+    "State",
+    "ViewerInputError",
+    "ViewerSession",
+    "encode_jpeg",
+    "orbit_angles",
+    "preview_model",
+]
