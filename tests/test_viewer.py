@@ -25,7 +25,6 @@ from dgnerf.codes import load_code
 from dgnerf.model import HeadConfig, HeadModel
 from tests.conftest import TINY_MODEL
 
-websockets = pytest.importorskip("websockets")
 
 
 @pytest.fixture(scope="module")
@@ -265,6 +264,7 @@ class FakeTracker:
 
 @pytest.fixture()
 def server(session):
+    pytest.importorskip("websockets")
     from dgnerf.apps.viewer.server import ViewerServer
 
     s = ViewerServer(session, "127.0.0.1", 0, live=(True, "", None), tracker_factory=FakeTracker, log=lambda m: None)

@@ -24,6 +24,10 @@ def browser_missing() -> str | None:
         import selenium  # noqa: F401
     except ImportError:
         return "selenium is not installed (pip install selenium)"
+    try:
+        import websockets  # noqa: F401
+    except ImportError:
+        return "websockets is not installed (a dependency of dgnerf view: pip install 'websockets>=13')"
     if not shutil.which("chromium") or not shutil.which("chromedriver"):
         return "Debian's chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)"
     return None

@@ -232,6 +232,8 @@ class _Page:
         self.tracker_error = None
         self.last_tracked = None  # (pose, expression) of the newest tracked webcam frame
         self.last_camera = 0.0  # when the newest webcam frame arrived (perf_counter)
+        self.camera_ms = None  # moving average of a webcam frame's engine time
+        self.camera_done = None  # when the engine finished the last webcam frame
         self.rendered = 0
 
     def close(self):
@@ -352,10 +354,18 @@ class _Page:
             st, camera = self.state, None
             if job == "camera":
                 camera, self.camera = self.camera, None
-                # the page grabs its next frame now, so it arrives while this one is tracked and rendered
-                await self.ws.send(json.dumps({"type": "live_started", "id": camera[0]["id"]}))
+                now = time.perf_counter()
+                arrived = camera[2]
+                # how long this frame waited for the engine, and how long the engine waited for it (it arrived
+                # after the last webcam frame was done): the page moves its grab earlier or later by these
+                camera[0]["wait_ms"] = round((now - arrived) * 1e3, 1)
+                camera[0]["idle_ms"] = round(max(0.0, arrived - self.camera_done) * 1e3, 1) if self.camera_done else 0.0
+                # the page times its next grab by this, so the next frame arrives as this one is done
+                await self.ws.send(json.dumps({"type": "live_started", "id": camera[0]["id"],
+                                               "expect_ms": round(self.camera_ms or 0.0, 1)}))
             if job in ("state", "idle", "camera"):
                 self.dirty = False
+            t0 = time.perf_counter()
             try:
                 out = await loop.run_in_executor(self.server.pool, self.work, job, st, camera)
             except ViewerInputError as e:
@@ -365,6 +375,10 @@ class _Page:
                 self.server.log("dgnerf view: error while rendering:\n" + traceback.format_exc())
                 await self.send_error(f"server error while rendering: {type(e).__name__}: {e}")
                 continue
+            if job == "camera":  # moving average of a webcam frame's time on the engine (track + render + JPEG)
+                self.camera_done = time.perf_counter()
+                ms = (self.camera_done - t0) * 1e3
+                self.camera_ms = ms if self.camera_ms is None else 0.7 * self.camera_ms + 0.3 * ms
             for m in out:
                 await self.ws.send(m)
 
@@ -404,7 +418,7 @@ class _Page:
         return pack(info, jpeg)
 
     def work_camera(self, st, camera) -> list:
-        header, rgb, received = camera
+        header, rgb, _ = camera
         if self.tracker is None and self.tracker_error is None:
             try:
                 self.tracker = self.server.tracker_factory()
@@ -413,7 +427,7 @@ class _Page:
         if self.tracker is None:
             raise ViewerInputError(f"live driving could not start: {self.tracker_error}")
         tracked, why = self.tracker(rgb)
-        live = {"id": header["id"], "t": header["t"], "queued_ms": round((time.perf_counter() - received) * 1e3, 2)}
+        live = {"id": header["id"], "t": header["t"], "wait_ms": header["wait_ms"], "idle_ms": header["idle_ms"]}
         if tracked is None:
             return [json.dumps({"type": "live", **live, "ok": False, "reason": why})]
         live.update({"ok": True, "tracked": [round(tracked.yaw, 3), round(tracked.pitch, 3), round(tracked.roll, 3)],

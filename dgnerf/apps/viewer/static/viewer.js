@@ -57,7 +57,7 @@ function packBinary(header, payload) {
 function onText(msg) {
   if (msg.type === "hello") setup(msg);
   else if (msg.type === "error") { showError(msg.message); cameraDone(); }
-  else if (msg.type === "live_started") cameraStarted(msg.id);
+  else if (msg.type === "live_started") cameraStarted(msg.id, msg.expect_ms);
   else if (msg.type === "live") {
     if (msg.reason === "dropped") viewer.stats.liveDropped = (viewer.stats.liveDropped || 0) + 1;
     else {
@@ -117,7 +117,7 @@ function showFrame(h, jpeg) {
       s.latencies.push(latency);
       s.live.push({ id: h.live.id, yaw: h.pose[0], pitch: h.pose[1], roll: h.pose[2], tracked: h.live.tracked,
                     latency, shownAt: performance.now(), quality: h.quality, track_ms: h.live.track_ms,
-                    queued_ms: h.live.queued_ms, render_ms: h.render_ms });
+                    wait_ms: h.live.wait_ms, idle_ms: h.live.idle_ms, render_ms: h.render_ms, lead_ms: leadMs });
       $("latency").textContent = `camera → render ${latency.toFixed(0)} ms (track ${h.live.track_ms} ms)`;
     }
   };
@@ -129,6 +129,7 @@ function showFrame(h, jpeg) {
   $("timings").textContent = Object.entries(h.timings).map(([k, v]) => `${k} ${Number(v).toFixed(1)}`).join(" · ") + " ms";
   if (h.sliders) setSliders(h.sliders);
   if (h.live) {
+    leadMs = clamp(leadMs + 0.5 * (h.live.idle_ms - h.live.wait_ms), 0, 400);
     const [y, p, r] = h.pose;
     $("live-pose").textContent = `tracked yaw ${y.toFixed(1)}° pitch ${p.toFixed(1)}° roll ${r.toFixed(1)}°`;
     $("live-status").textContent = viewer.hello.live.expression ? "driving pose and expression"
@@ -377,6 +378,7 @@ async function startCamera() {
   $("webcam").textContent = "stop webcam";
   $("neutral-set").disabled = $("neutral-reset").disabled = false;
   state.live = true;
+  setPoseSliders(false); // the webcam's head pose replaces them while it drives
   send(false);
   grabNext();
 }
@@ -390,18 +392,30 @@ function stopCamera() {
   $("webcam").textContent = "start webcam";
   $("neutral-set").disabled = $("neutral-reset").disabled = true;
   state.live = false;
+  setPoseSliders(true);
   send(false);
 }
 
-// Webcam pacing: one frame processing on the server and at most one waiting behind it. The next frame is
-// grabbed when the server starts on the last ("live_started"), so it is on its way while the last one is
-// tracked and rendered (the engine never waits for the page) but no older than it must be. A frame the server
-// replaces with a newer one is answered "dropped".
+function setPoseSliders(enabled) {
+  for (const id of ["yaw", "pitch", "roll"]) $(id).disabled = !enabled;
+}
+
+// Webcam pacing: one frame processing on the server and at most one waiting behind it. When the server starts
+// on a frame ("live_started") it says how long its frames take (expect_ms); the page grabs the next camera frame
+// LEAD_MS before that one should be done, so it arrives as the engine frees up: the engine hardly waits for the
+// page, and the frame hardly waits on the server (a frame grabbed at once would wait a whole render). A frame
+// the server replaces with a newer one is answered "dropped".
+// lead: how much before that the grab starts (the wait for the next video frame, <= 33 ms at 30 fps, the JPEG
+// encode and the upload), learnt from the server's report of each frame: the engine idled for it (grab earlier)
+// or it waited for the engine (grab later).
+let leadMs = 50;
 const waiting = cameraInFlight; // sent, not started yet
 const processing = new Map(); // started on the server, not answered yet
+let grabNotBefore = 0;
 
-function cameraStarted(id) {
+function cameraStarted(id, expectMs) {
   if (waiting.has(id)) { processing.set(id, waiting.get(id)); waiting.delete(id); }
+  grabNotBefore = performance.now() + Math.max(0, (expectMs || 0) - leadMs);
   grabNext();
 }
 
@@ -416,6 +430,12 @@ function cameraBusy() { return waiting.size >= 1 || processing.size >= 2; }
 let grabPending = false;
 function grabNext() {
   if (!cameraStream || grabPending || cameraBusy()) return;
+  const early = processing.size > 0 ? grabNotBefore - performance.now() : 0;
+  if (early > 0) {
+    grabPending = true;
+    setTimeout(() => { grabPending = false; grabNext(); }, early);
+    return;
+  }
   const video = $("camera");
   grabPending = true;
   const grab = () => {
