@@ -309,7 +309,8 @@ def test_server_renders_states_and_survives_bad_messages(server, session):
         h, _ = recv_until(ws, "frame")
         assert h["quality"] == "full"
         for bad in ("{", "[]", '{"type": "rm"}', json.dumps(page_state(session, camera={"yaw": "NaN"})),
-                    json.dumps({"type": "neutral", "action": 1}), "x" * 70000):
+                    json.dumps({"type": "neutral", "action": 1}), "x" * 70000, "[" * 30000 + "]" * 30000,
+                    json.dumps({"type": "state", "expression": [[[1]]] * 5})):
             ws.send(bad)
             h, _ = recv_until(ws, "error")
             assert h["message"]

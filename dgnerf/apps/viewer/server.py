@@ -257,6 +257,9 @@ class _Page:
                     self.receive(message)
                 except ViewerInputError as e:
                     await self.send_error(str(e))
+                except Exception as e:  # noqa: BLE001 - whatever a message does, the page gets an answer
+                    self.server.log("dgnerf view: error on a message:\n" + traceback.format_exc())
+                    await self.send_error(f"server error on this message: {type(e).__name__}")
                 self.wake.set()
         except ConnectionClosed:
             pass
@@ -280,8 +283,8 @@ class _Page:
                 raise ViewerInputError(f"message: {len(message)} characters; at most {MAX_TEXT}")
             try:
                 msg = json.loads(message)
-            except ValueError:
-                raise ViewerInputError("message: not JSON") from None
+            except (ValueError, RecursionError):
+                raise ViewerInputError("message: not JSON (or nested too deeply)") from None
             if not isinstance(msg, dict) or msg.get("type") not in TEXT_TYPES:
                 got = msg.get("type") if isinstance(msg, dict) else type(msg).__name__
                 raise ViewerInputError(f"message.type: expected one of {list(TEXT_TYPES)}, got {str(got)[:40]!r}")
@@ -296,7 +299,8 @@ class _Page:
                 action = msg.get("action")
                 if action not in ("set", "reset"):
                     raise ViewerInputError(f"neutral.action: expected 'set' or 'reset', got {str(action)[:40]!r}")
-                self.requests.append(f"neutral_{action}")
+                if len(self.requests) < 4:
+                    self.requests.append(f"neutral_{action}")
             return
         header, payload = unpack(message)
         kind = header.get("type")

@@ -117,7 +117,8 @@ function showFrame(h, jpeg) {
       s.latencies.push(latency);
       s.live.push({ id: h.live.id, yaw: h.pose[0], pitch: h.pose[1], roll: h.pose[2], tracked: h.live.tracked,
                     latency, shownAt: performance.now(), quality: h.quality, track_ms: h.live.track_ms,
-                    wait_ms: h.live.wait_ms, idle_ms: h.live.idle_ms, render_ms: h.render_ms, lead_ms: leadMs });
+                    wait_ms: h.live.wait_ms, idle_ms: h.live.idle_ms, render_ms: h.render_ms, lead_ms: leadMs,
+                    sliders: h.sliders });
       $("latency").textContent = `camera → render ${latency.toFixed(0)} ms (track ${h.live.track_ms} ms)`;
     }
   };
