@@ -383,6 +383,8 @@ def test_view_command_refuses_remote_host_without_flag(tmp_path, capsys):
     assert main(["view", str(ckpt), "--port", "70000"]) == 2
     assert main(["view", str(ckpt)]) == 2  # no such checkpoint: one line naming it
     assert "CHECKPOINT" in capsys.readouterr().err
+    assert main(["view", str(ckpt), "--data", str(tmp_path)]) == 2
+    assert "--data" in capsys.readouterr().err
 
 
 def test_warmup_and_cuda_device_code_path(session):

@@ -3,6 +3,7 @@ webcam (docs/viewer.md)."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 
 import torch
@@ -21,14 +22,16 @@ def run(args):
         if not args.allow_remote:
             raise DgnerfError(f"--host {args.host}: not a loopback address; the viewer has no login, so serving it to "
                               "other machines needs --allow-remote (anyone who reaches the port can use it)")
-        print(f"dgnerf view: WARNING: serving on {args.host}: anyone who can reach port {args.port} can drive this "
-              "viewer (render, upload code files, send webcam frames). There is no login and no TLS.", file=sys.stderr)
+        print(f"dgnerf view: WARNING: serving on {args.host}: anyone who can reach this port can drive this viewer "
+              "(render, upload code files, send webcam frames). There is no login and no TLS.", file=sys.stderr)
     if not 1 <= args.components <= 64:
         raise DgnerfError(f"--components: expected 1..64, got {args.components}")
     if args.threads is not None:
         if args.threads < 1:
             raise DgnerfError(f"--threads: expected >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
+    if args.data is not None and not os.path.isfile(os.path.join(args.data, "manifest.json")):
+        raise DgnerfError(f"--data {args.data}: not a dataset directory (no manifest.json; see docs/dataset.md)")
     model = load_model(args.checkpoint, args.device, flag="CHECKPOINT")
     device = next(model.parameters()).device
     fs = model.cfg.feature_size

@@ -253,7 +253,7 @@ class ViewerSession:
             "preview_size": self.preview_size,
             "preview_image_size": self.preview.cfg.image_size,
             "distance": cfg.camera_distance,
-            "distance_range": [round(cfg.camera_distance * 0.5, 4), round(cfg.camera_distance * 2.0, 4)],
+            "distance_range": list(self.hello_distance_range()),
             "precisions": [p for p in PRECISIONS if p != "fp16" or self.device.type == "cuda"],
             "skip_strides": list(SKIP_STRIDES),
             "persons": [{"name": p.name, "frames": 0 if p.expression is None else int(p.expression.shape[0])}
