@@ -197,6 +197,40 @@ def test_save_png_and_codes(page, server, tmp_path):
     assert load_code(str(codes), 46, "expression").shape == (1, 46)
 
 
+def test_sequence_playback_and_code_file_upload(page, server, tmp_path):
+    """Play a person's recorded sequence (the sliders follow its codes), then add a code file through the page's
+    file picker: a new person in both menus, chosen as A, rendered."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    d = page
+    settle(d)
+    n = d.execute_script("return window.viewer.stats.frames")
+    d.find_element(By.ID, "play").click()
+    wait_for(d, f"window.viewer.stats.frames > {n + 3} && window.viewer.stats.last.sliders")
+    sliders = d.execute_script("return [...document.querySelectorAll('input.expression')].map((e) => Number(e.value))")
+    assert any(abs(v) > 1e-3 for v in sliders), sliders
+    d.find_element(By.ID, "play").click()  # stop
+    assert d.execute_script("return window.viewer.state.sequence") is None
+
+    code = tmp_path / "someone.txt"
+    code.write_text(" ".join(str((-1) ** k * 0.04) for k in range(512)))
+    persons = len(Select(d.find_element(By.ID, "identity-a")).options)
+    n = d.execute_script("return window.viewer.stats.frames")
+    d.find_element(By.ID, "upload").send_keys(str(code))
+    wait_for(d, f"document.getElementById('identity-a').options.length > {persons}")
+    assert Select(d.find_element(By.ID, "identity-a")).first_selected_option.text == "someone.txt"
+    wait_for(d, f"window.viewer.stats.frames > {n}")
+    assert d.execute_script("return window.viewer.state.identity.a") == persons
+    # a file of the wrong length is an error in the page, not a new person
+    bad = tmp_path / "short.txt"
+    bad.write_text("1 2 3")
+    d.find_element(By.ID, "upload").send_keys(str(bad))
+    wait_for(d, "document.getElementById('error').textContent.includes('holds 3 numbers')")
+    assert len(Select(d.find_element(By.ID, "identity-a")).options) == persons + 1
+    assert server.alive()
+
+
 def test_drag_preview_fps_and_idle_full_frame(page, server):
     """Paper config on this CPU: preview frames while the mouse drags the view (target >= 10 FPS), then the
     full frame after the release (target within 0.5 s)."""
