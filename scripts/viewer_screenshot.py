@@ -15,7 +15,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tests.viewer_browser import ViewServer, chrome, wait_for  # noqa: E402
+from tests.viewer_browser import ViewServer, chrome, wait_for
 
 
 def main():

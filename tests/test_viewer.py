@@ -26,7 +26,6 @@ from dgnerf.model import HeadConfig, HeadModel
 from tests.conftest import TINY_MODEL
 
 
-
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)

@@ -295,7 +295,7 @@ class ViewerSession:
         if not isinstance(ex, list) or len(ex) != k:
             raise ViewerInputError(f"expression: expected a list of {k} slider values, got "
                                    f"{type(ex).__name__ if not isinstance(ex, list) else f'{len(ex)} values'}")
-        st.expression = [_num({"v": v}, "v", -5.0, 5.0, f"expression[{i}]", name=f"expression[{i}]") for i, v in enumerate(ex)]
+        st.expression = [_number(v, -5.0, 5.0, f"expression[{i}]") for i, v in enumerate(ex)]
         seq = msg.get("sequence")
         if seq is not None:
             if not isinstance(seq, dict):
@@ -423,12 +423,15 @@ def _obj(msg: dict, name: str) -> dict:
     return v
 
 
-def _num(d: dict, key: str, lo: float, hi: float, prefix: str = "", name: str | None = None) -> float:
-    v = d.get(key)
-    label = name or f"{prefix}{key}"
+def _number(v, lo: float, hi: float, label: str) -> float:
+    # bool is an int in Python and JSON's true would pass as 1: refused; NaN/Infinity (which json.loads accepts) too
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi:
         raise ViewerInputError(f"{label}: expected a number in [{lo:g}, {hi:g}], got {v!r}"[:200])
     return float(v)
+
+
+def _num(d: dict, key: str, lo: float, hi: float, prefix: str = "") -> float:
+    return _number(d.get(key), lo, hi, f"{prefix}{key}")
 
 
 def _int(d: dict, key: str, lo: int, hi: int, prefix: str = "") -> int:
