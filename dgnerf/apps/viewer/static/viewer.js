@@ -18,7 +18,7 @@ let dragTimer = null;
 let playTimer = null;
 let cameraStream = null;
 let cameraId = 0;
-const cameraInFlight = new Map(); // id -> when it was grabbed
+const waiting = new Map(); // webcam frames sent, not started on the server: id -> when grabbed (pacing, below)
 let shownUrl = null;
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -410,7 +410,6 @@ function setPoseSliders(enabled) {
 // encode and the upload), learnt from the server's report of each frame: the engine idled for it (grab earlier)
 // or it waited for the engine (grab later).
 let leadMs = 50;
-const waiting = cameraInFlight; // sent, not started yet
 const processing = new Map(); // started on the server, not answered yet
 let grabNotBefore = 0;
 
@@ -453,7 +452,7 @@ function grabNext() {
     const id = cameraId++;
     const t = performance.now();
     if (viewer.hooks.cameraFrame) viewer.hooks.cameraFrame(ctx, id, canvas);
-    cameraInFlight.set(id, t);
+    waiting.set(id, t);
     canvas.toBlob(async (blob) => {
       if (!ws || ws.readyState !== WebSocket.OPEN) return;
       ws.send(packBinary({ type: "camera", id, t }, await blob.arrayBuffer()));
