@@ -38,12 +38,15 @@ def test_frame_order_is_a_pure_function_of_seed_and_step():
 
 
 def test_training_reduces_loss_and_writes_outputs(tiny_set, tmp_path):
-    try:
-        import torch.utils.tensorboard  # noqa: F401
+    import importlib.util
 
-        with_tb = True
-    except ImportError:
-        with_tb = False
+    # (an `import torch.utils.tensorboard` here would make `torch` a local name of this test)
+    with_tb = importlib.util.find_spec("torch.utils.tensorboard") is not None
+    if with_tb:
+        try:
+            importlib.import_module("torch.utils.tensorboard")
+        except ImportError:
+            with_tb = False
     cfg = tiny_cfg(tiny_set, tmp_path / "run", steps=60, lr=3e-3, sample_every=60, log_every=1, batch_size=4,
                    tensorboard=with_tb)
     res = Trainer(cfg).fit()
