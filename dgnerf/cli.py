@@ -2,8 +2,10 @@
 `register(subparsers)`, which adds its parser and sets `func(args) -> int | None` as a default;
 the modules are discovered, so adding a command never edits this file.
 
-User errors (dgnerf.errors.DgnerfError, and ValueError / FileNotFoundError from argument checks) are
-printed as one line on stderr with exit status 2; set DGNERF_DEBUG=1 to see the traceback.
+Bad input is one line on stderr, `dgnerf <command>: error: ...`, and exit status 2: argument-syntax
+errors (the parser), user errors (dgnerf.errors.DgnerfError, and ValueError / OSError from argument
+checks and files). Anything else is a bug: one line saying so, exit status 3. DGNERF_DEBUG=1 shows the
+traceback instead.
 """
 from __future__ import annotations
 
@@ -17,19 +19,41 @@ import dgnerf
 import dgnerf.commands as commands
 from dgnerf.errors import DgnerfError
 
+# Errors a user can act on: their message says what is wrong with an argument, a file or the machine.
+USER_ERRORS = (DgnerfError, ValueError, OSError, MemoryError, RecursionError)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: the usage block argparse prints first would bury the line that
+    says what is wrong; `--help` still shows it."""
+
+    def error(self, message):
+        if os.environ.get("DGNERF_DEBUG"):
+            self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="dgnerf", description="Drivable, generalizable head radiance fields: train, render, fit, drive."
     )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     for mod in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
         if mod.name.startswith("_"):
             continue
         module = importlib.import_module(f"dgnerf.commands.{mod.name}")
         module.register(sub)
     return parser
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    if isinstance(e, MemoryError):
+        text = f"out of memory{': ' + str(e) if str(e) else ''} (an argument or a file asks for more than this machine has)"
+    elif isinstance(e, RecursionError):
+        text = "input nested too deeply to read (a JSON argument or file?)"
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,16 +65,23 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 1
+    name = getattr(args, "command", None) or "dgnerf"
     try:
         rc = args.func(args)
     except KeyboardInterrupt:
         print("dgnerf: interrupted", file=sys.stderr)
         return 130
-    except (DgnerfError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
+    except USER_ERRORS as e:
         if os.environ.get("DGNERF_DEBUG"):
             raise
-        print(f"dgnerf {args.command}: error: {e}", file=sys.stderr)
+        print(f"dgnerf {name}: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except Exception as e:  # noqa: BLE001 - the last line of defence: a bug, said in one line
+        if os.environ.get("DGNERF_DEBUG"):
+            raise
+        print(f"dgnerf {name}: internal error ({type(e).__name__}: {str(e)[:300]}); this is a bug in dgnerf: "
+              "rerun with DGNERF_DEBUG=1 for the traceback and report it", file=sys.stderr)
+        return 3
     return int(rc or 0)
 
 

@@ -9,24 +9,66 @@ import os
 
 from dgnerf.apps.ablation import IdentityVariant, check_same_frames, identity_kind, run_state, train_like
 from dgnerf.apps.evaluate import _train_steps, evaluate
-from dgnerf.commands._common import load_model, vggs
+from dgnerf.commands._common import (
+    check_dataset_dir,
+    check_int,
+    check_number,
+    load_model,
+    resolve_device,
+    vgg_missing,
+    vggs,
+)
 from dgnerf.commands.fit import add_fit_arguments, fit_config
+from dgnerf.data import HeadDataset
 from dgnerf.errors import DgnerfError
 from dgnerf.metrics import csim_embedder
 
 
+def check_split(args) -> list[str] | None:
+    """--split and --persons against the dataset, before anything is loaded or printed (-> the persons or None)."""
+    try:
+        ds = HeadDataset(args.dataset, check="none")
+    except DgnerfError as e:
+        raise DgnerfError(f"--dataset {args.dataset!r}: {e}") from None
+    splits = sorted(set(ds.person_splits.values()))
+    if args.split not in splits:
+        raise DgnerfError(f"--split {args.split!r}: the dataset {args.dataset} has splits {splits}; eval needs held-out "
+                          "people (the 'test' split of the built-in set)")
+    if args.persons is None:
+        return None
+    persons = [p for p in args.persons.split(",") if p]
+    have = [p for p in ds.persons if ds.person_splits[p] == args.split]
+    if not persons:
+        raise DgnerfError(f"--persons {args.persons!r}: expected comma-separated person ids of split {args.split!r}")
+    missing = [p for p in persons if p not in have]
+    if missing:
+        raise DgnerfError(f"--persons: {missing} not in split {args.split!r} of {args.dataset} (it has "
+                          f"{have[:12]}{'...' if len(have) > 12 else ''})")
+    return persons
+
+
 def run(args):
+    # every flag before the model, the VGG and the face encoder are loaded (they print what they skip)
     cfg = fit_config(args)
-    if not os.path.isfile(os.path.join(args.dataset, "manifest.json")):
-        raise DgnerfError(f"--dataset {args.dataset!r}: not a dgnerf dataset (no manifest.json)")
+    check_int(args.max_frames, "--max-frames", 1)
+    check_number(args.ablation_lambda, "--ablation-lambda", 0, lo_open=True, what="perceptual weight")
+    check_int(args.ablation_identity_steps, "--ablation-identity-steps", 1)
+    check_dataset_dir(args.dataset)
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise DgnerfError(f"--out {args.out!r}: exists and is not a directory")
+    persons = check_split(args)
+    resolve_device(args.device)
+    need_vgg = cfg.lambda_perceptual > 0 or args.ablation_lambda is not None
+    if need_vgg:
+        flag = "--lambda-perceptual" if cfg.lambda_perceptual > 0 else "--ablation-lambda"
+        msg = vgg_missing(flag)
+        if msg:
+            raise DgnerfError(msg)
     model = load_model(args.checkpoint, args.device)
-    vgg, lpips_vgg = vggs(args, cfg.lambda_perceptual > 0 or args.ablation_lambda is not None)
+    vgg, lpips_vgg = vggs(args, need_vgg)
     dev = next(model.parameters()).device
     vgg = vgg.to(dev) if vgg is not None else None
     lpips_vgg = lpips_vgg.to(dev) if lpips_vgg is not None else None
-    persons = [p for p in args.persons.split(",") if p] if args.persons else None
     other = identity_variant(args, dev)
     embedder, reason = csim_embedder(not args.no_csim)
     rep = evaluate(model, args.dataset, args.out, split=args.split, persons=persons, cfg=cfg, max_frames=args.max_frames,

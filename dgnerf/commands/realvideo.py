@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 from dgnerf.apps.realvideo import REALVIDEO_MODEL, RealVideoConfig, run_check
+from dgnerf.commands._common import check_number, check_seed, json_object, resolve_device
 from dgnerf.errors import DgnerfError
 
 
@@ -36,7 +37,7 @@ def register(sub):
                    help="L2 weight outside the head mask (default 0: the real background is not modelled)")
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
                    help="all these checkpoints are kept; the report traces held-out error over them")
-    p.add_argument("--model", type=json.loads, default=None,
+    p.add_argument("--model", type=json_object, default=None,
                    help=f"HeadConfig fields as JSON (default {json.dumps(REALVIDEO_MODEL)})")
     p.add_argument("--max-minutes", type=float, default=None, help="stop training after this wall time (checkpointed)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -57,6 +58,15 @@ def config_from_args(args):
         raise DgnerfError(f"--threads: expected a positive integer, got {args.threads}")
     if args.model is not None and not isinstance(args.model, dict):
         raise DgnerfError(f"--model: expected a JSON object of HeadConfig fields, got {args.model!r}")
+    for flag, v, lo_open in (("--lr", args.lr, True), ("--lr-final", args.lr_final, True),
+                             ("--lambda-perceptual", args.lambda_perceptual, False),
+                             ("--background-weight", args.background_weight, False)):
+        check_number(v, flag, 0, 1e9, lo_open=lo_open)
+    check_number(args.max_minutes, "--max-minutes", 0, 1e9, lo_open=True, what="number of minutes")
+    if args.expression_components < 0:
+        raise DgnerfError(f"--expression-components: expected an integer >= 0 (0 = all), got {args.expression_components}")
+    check_seed(args.seed)
+    resolve_device(args.device)
     model = dict(REALVIDEO_MODEL)
     model.update(args.model or {})
     return RealVideoConfig(data=args.data, out=args.out, person=args.person, train_frames=args.train_frames,
