@@ -317,10 +317,35 @@ def find_in_packed_assets(loader_js: str, data: bytes, member: str = GEOMETRY_ME
 def load_face_geometry(path: str | Path | None = None) -> dict:
     """The converted canonical face mesh (.npz without pickles)."""
     p = Path(path) if path else asset_path("face_geometry")
-    with np.load(p, allow_pickle=False) as z:
-        geo = {k: z[k] for k in z.files}
-    check_face_geometry(geo)
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            for k in z.files:  # a face mesh is small: a member claiming more is damage, not a mesh to allocate
+                if _npz_member_elements(z, k) > 100_000:
+                    raise ValueError(f"member {k!r} claims {_npz_member_elements(z, k)} values")
+            geo = {k: z[k] for k in z.files}
+        check_face_geometry(geo)
+    except (DgnerfError, OSError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise DgnerfError(f"{p}: no such file (`dgnerf assets fetch --only face_geometry`)") from None
+        if isinstance(e, DgnerfError):
+            raise
+        raise DgnerfError(f"{p}: unreadable face geometry ({e}); fetch it again: `dgnerf assets fetch --only face_geometry`") from None
+    except Exception as e:  # noqa: BLE001 - a damaged .npz fails in many ways inside numpy
+        raise DgnerfError(f"{p}: not a valid face geometry ({type(e).__name__}: {str(e)[:160]}); fetch it again: "
+                          "`dgnerf assets fetch --only face_geometry`") from None
     return geo
+
+
+def _npz_member_elements(z, key: str) -> int:
+    """The number of values an .npz member's header claims (read without loading the array)."""
+    with z.zip.open(key + ".npy") as f:
+        version = np.lib.format.read_magic(f)
+        shape, _, _ = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0(f))
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return n
 
 
 # --------------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import argparse
 import importlib
 import os
 import pkgutil
+import re
 import sys
 
 import dgnerf
@@ -26,6 +27,13 @@ USER_ERRORS = (DgnerfError, ValueError, OSError, MemoryError, RecursionError)
 class Parser(argparse.ArgumentParser):
     """argparse with one-line errors: the usage block argparse prints first would bury the line that
     says what is wrong; `--help` still shows it."""
+
+    def _get_values(self, action, arg_strings):
+        # `--flag=--` reaches here as ['--'], which argparse strips to an empty list, handing the command [] as
+        # the value: refuse it as the missing value it is
+        if action.nargs is None and arg_strings == ["--"]:
+            raise argparse.ArgumentError(action, "expected one argument")
+        return super()._get_values(action, arg_strings)
 
     def error(self, message):
         if os.environ.get("DGNERF_DEBUG"):
@@ -47,8 +55,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _deepest(parser: argparse.ArgumentParser, args) -> argparse.ArgumentParser:
+    """The (sub-)parser of the command the arguments chose."""
+    while True:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        name = getattr(args, subs[0].dest, None) if subs else None
+        if not subs or name not in subs[0].choices:
+            return parser
+        parser = subs[0].choices[name]
+
+
 def _one_line(e: BaseException) -> str:
     text = str(e).strip() or type(e).__name__
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if len(lines) > 1:  # a list of problems (e.g. a dataset's) as one line: the head, then the first few
+        items = [ln.lstrip("- ").strip() for ln in lines[1:]]
+        more = f"; ... ({len(items) - 3} more)" if len(items) > 3 else ""
+        text = lines[0].rstrip(":") + ": " + "; ".join(items[:3]) + more
     if isinstance(e, MemoryError):
         text = f"out of memory{': ' + str(e) if str(e) else ''} (an argument or a file asks for more than this machine has)"
     elif isinstance(e, RecursionError):
@@ -58,7 +81,9 @@ def _one_line(e: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # said by the sub-command's parser, so the line and its --help hint name the command typed
+        _deepest(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
     if args.version:
         print(dgnerf.__version__)
         return 0
@@ -76,13 +101,36 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"dgnerf {name}: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except RuntimeError as e:
+        if not _out_of_memory(e) or os.environ.get("DGNERF_DEBUG"):
+            return _bug(name, e)
+        # torch's allocators say it as a RuntimeError: what the arguments asked for does not fit here
+        print(f"dgnerf {name}: error: out of memory ({_alloc_text(e)}); ask for less (sizes, batch) or use a "
+              "machine with more memory", file=sys.stderr)
+        return 2
     except Exception as e:  # noqa: BLE001 - the last line of defence: a bug, said in one line
-        if os.environ.get("DGNERF_DEBUG"):
-            raise
-        print(f"dgnerf {name}: internal error ({type(e).__name__}: {str(e)[:300]}); this is a bug in dgnerf: "
-              "rerun with DGNERF_DEBUG=1 for the traceback and report it", file=sys.stderr)
-        return 3
+        return _bug(name, e)
     return int(rc or 0)
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    text = str(e)
+    return "out of memory" in text.lower() or "can't allocate memory" in text
+
+
+def _alloc_text(e: BaseException) -> str:
+    m = re.search(r"tried to allocate (\d+) bytes", str(e))
+    if m:
+        return f"{int(m.group(1)) / 2**30:.1f} GiB asked for at once"
+    return str(e).strip().splitlines()[0][:160]
+
+
+def _bug(name: str, e: BaseException) -> int:
+    if os.environ.get("DGNERF_DEBUG"):
+        raise e
+    print(f"dgnerf {name}: internal error ({type(e).__name__}: {str(e)[:300]}); this is a bug in dgnerf: "
+          "rerun with DGNERF_DEBUG=1 for the traceback and report it", file=sys.stderr)
+    return 3
 
 
 if __name__ == "__main__":

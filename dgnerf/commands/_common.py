@@ -21,13 +21,14 @@ from dgnerf.camera import view_c2w
 from dgnerf.errors import DgnerfError
 from dgnerf.assets import VGG16_FILENAME, cache_dir, vgg16_path
 from dgnerf.losses import load_vgg16
-from dgnerf.model import HeadModel, RenderOptions
+from dgnerf.model import HeadConfig, HeadModel, RenderOptions
 from dgnerf.model.checkpoint import load_checkpoint
 from dgnerf.model.prior import apply_head_prior
 
 PRECISION_HELP = "arithmetic of the MLP and renderer: fp32 (exact), bf16 (CPU/GPU), fp16 (GPU)"
 IDENTITY_HELP = ("identity code (required): a code file (.npy/.txt/.safetensors, 512 numbers, e.g. `dgnerf fit`'s "
                  "identity_<person>.safetensors), DATASET:PERSON (the person's mean code), zeros, or random[:SEED]")
+MAX_SKIP_STRIDE = 4096  # more than any model's samples per ray (a larger stride is one coarse sample per ray)
 SEED_MAX = 2**63  # torch seeds are 64-bit; beyond that torch fails with an overflow that names nothing
 
 
@@ -207,8 +208,10 @@ def render_options(args) -> RenderOptions:
         raise DgnerfError("--path reference is exact fp32: drop --precision/--ert/--skip-stride or use --path fast")
     if not (math.isfinite(args.ert) and 0.0 <= args.ert < 1.0):
         raise DgnerfError(f"--ert: expected a transmittance in [0, 1) (0 = off), got {args.ert!r}")
-    if args.skip_stride < 0:
-        raise DgnerfError(f"--skip-stride: expected an int >= 0 (0 = off), got {args.skip_stride}")
+    if args.precision == "fp16" and resolve_device(getattr(args, "device", None)).type != "cuda":
+        raise DgnerfError("--precision fp16: needs a CUDA GPU; use --precision bf16 on the CPU")
+    if not 0 <= args.skip_stride <= MAX_SKIP_STRIDE:
+        raise DgnerfError(f"--skip-stride: expected an int >= 0 (0 = off) and <= {MAX_SKIP_STRIDE}, got {args.skip_stride}")
     return RenderOptions(path=args.path, precision=args.precision, ert_threshold=args.ert, skip_stride=args.skip_stride)
 
 
@@ -287,6 +290,37 @@ def topmost_missing(path: str) -> str:
     return top
 
 
+# Sizes past which a model cannot be built or trained here at all (checked before anything is allocated).
+MAX_PARAMETERS = 2_000_000_000
+MAX_IMAGE_SIZE = 4096
+MAX_SAMPLES = 4096
+
+
+def check_model_overrides(model: dict, where: str) -> None:
+    """--model: known HeadConfig fields with valid values, and a model this machine could hold."""
+    if not isinstance(model, dict):
+        raise DgnerfError(f"{where}: expected a JSON object of HeadConfig fields, got {model!r}")
+    try:
+        cfg = HeadConfig.from_dict(dict(model))
+    except DgnerfError as e:
+        raise DgnerfError(f"{where}: {str(e).replace('HeadConfig: ', '')}") from None
+    except (TypeError, ValueError, OverflowError) as e:
+        raise DgnerfError(f"{where}: {e}") from None
+    if cfg.image_size > MAX_IMAGE_SIZE or cfg.feature_size > cfg.image_size or cfg.n_samples > MAX_SAMPLES:
+        raise DgnerfError(f"{where}: image_size {cfg.image_size} (at most {MAX_IMAGE_SIZE}), feature_size "
+                          f"{cfg.feature_size} (at most image_size) and n_samples {cfg.n_samples} (at most "
+                          f"{MAX_SAMPLES}) are out of range")
+    try:
+        with torch.device("meta"):  # counts the parameters without allocating them
+            n = sum(p.numel() for p in HeadModel(cfg).parameters())
+    except DgnerfError as e:
+        raise DgnerfError(f"{where}: {e}") from None
+    except (RuntimeError, ValueError, TypeError, OverflowError) as e:
+        raise DgnerfError(f"{where}: not a model that can be built ({type(e).__name__}: {str(e)[:200]})") from None
+    if n > MAX_PARAMETERS:
+        raise DgnerfError(f"{where}: a model of {n:,} parameters, more than the {MAX_PARAMETERS:,} this trainer takes")
+
+
 def vgg_missing(flag_text: str, weights_flag: bool = False) -> str | None:
     """None when the cached VGG16 weights are there, else the one line that says which flag needs them and how
     to get them (a fresh cache has none: they come from `dgnerf assets fetch --only vgg16`)."""
@@ -333,4 +367,4 @@ def csim_info(embedder, reason) -> dict:
 
 __all__ = ["resolve_device", "load_model", "add_model_args", "build_model", "codes",
            "render_options", "check_camera_flags", "render_frames", "check_out", "vggs", "vgg_missing", "csim_info",
-           "json_object", "check_dataset_dir", "removed_on_error", "topmost_missing", "check_int", "check_number", "check_seed", "PRECISION_HELP", "IDENTITY_HELP"]
+           "json_object", "check_dataset_dir", "check_model_overrides", "removed_on_error", "topmost_missing", "check_int", "check_number", "check_seed", "PRECISION_HELP", "IDENTITY_HELP"]

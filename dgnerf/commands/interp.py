@@ -41,7 +41,7 @@ def run(args):
     check_dataset_dir(args.dataset)
     model = load_model(args.checkpoint, args.device)
     try:
-        ds = HeadDataset(args.dataset, check="none")
+        ds = HeadDataset(args.dataset, check="arrays")  # its codes are used: they must be there and finite
     except DgnerfError as e:
         raise DgnerfError(f"--dataset {args.dataset!r}: {e}") from None
     if ds.identity_dim != model.cfg.identity_dim or ds.expression_dim != model.cfg.expression_dim:

@@ -1,9 +1,10 @@
 """`dgnerf preprocess VIDEO_OR_IMAGES... --out DATASET`: real videos, image folders or photos -> a training set
 (docs/preprocess.md);
 `dgnerf preprocess import ...`: a user's own tracking results (3DMM coefficients + poses) -> a dataset."""
+import os
 import sys
 
-from dgnerf.commands._common import removed_on_error, topmost_missing
+from dgnerf.commands._common import check_int, check_number, removed_on_error, topmost_missing
 from dgnerf.errors import DgnerfError
 from dgnerf.preprocess.importer import import_tracking
 from dgnerf.preprocess.pipeline import Options, run
@@ -51,6 +52,8 @@ def _run(args):
             raise DgnerfError(f"preprocess import: unexpected arguments {args.inputs[1:]}; give the file with --tracking")
         if not args.tracking:
             raise DgnerfError("preprocess import: --tracking TRACK.json (or .npz) is required")
+        check_int(args.resolution, "--resolution", 16, 4096, "crop size in pixels")
+        check_number(args.head_radius, "--head-radius", 0, 1e6, lo_open=True, what="radius")
 
         with removed_on_error(topmost_missing(args.out)):
             res = import_tracking(args.tracking, args.out, args.resolution, args.head_radius, args.full_masks,
@@ -65,6 +68,15 @@ def _run(args):
         raise DgnerfError(f"--max-frames: expected >= 1, got {args.max_frames}")
     if not (1 <= args.expression_dim <= 1404):
         raise DgnerfError(f"--expression-dim: expected 1..1404, got {args.expression_dim}")
+    if args.expression_basis is not None and not args.expression_basis.strip():
+        raise DgnerfError("--expression-basis: empty path (a dataset directory or an expression_basis.safetensors)")
+    if args.adaface is not None and args.identity != "adaface":
+        raise DgnerfError(f"--adaface {args.adaface}: only used with --identity adaface")
+    if args.identity == "adaface":
+        if not args.adaface:
+            raise DgnerfError("--identity adaface needs --adaface CHECKPOINT.safetensors (AdaFace IR weights)")
+        if not os.path.isfile(args.adaface):
+            raise DgnerfError(f"--adaface {args.adaface!r}: no such file (AdaFace IR weights, .safetensors)")
     if not args.split or not args.split.isprintable() or "/" in args.split:
         raise DgnerfError(f"--split: expected a split name like train, val or test, got {args.split!r}")
     opts = Options(

@@ -8,25 +8,18 @@ import json
 import math
 import os
 
-import torch
-
 from dgnerf.commands._common import (
     SEED_MAX,
     check_dataset_dir,
+    check_model_overrides,
     json_object,
     removed_on_error,
     resolve_device,
     vgg_missing,
 )
 from dgnerf.errors import DgnerfError
-from dgnerf.model import HeadConfig, HeadModel
 from dgnerf.train import TrainConfig
 from dgnerf.train.trainer import CKPT_DIR, PARTS, setup_distributed, train
-
-# Sizes past which a model cannot be trained here at all (checked before anything is allocated).
-MAX_PARAMETERS = 2_000_000_000
-MAX_IMAGE_SIZE = 4096
-MAX_SAMPLES = 4096
 
 
 def add_train_arguments(p):
@@ -109,31 +102,6 @@ def _check_value(name: str, v, where: str) -> None:
     if bad:
         rng = (f"{'>' if lo_open else '>='} {lo:g}" if lo is not None else "") + (f" and <= {hi:g}" if hi is not None else "")
         raise DgnerfError(f"{where}: expected a finite {'integer' if kind == _INT else 'number'} {rng}, got {v!r}")
-
-
-def check_model_overrides(model: dict, where: str) -> None:
-    """--model: known HeadConfig fields with valid values, and a model this machine could hold."""
-    if not isinstance(model, dict):
-        raise DgnerfError(f"{where}: expected a JSON object of HeadConfig fields, got {model!r}")
-    try:
-        cfg = HeadConfig.from_dict(dict(model))
-    except DgnerfError as e:
-        raise DgnerfError(f"{where}: {str(e).replace('HeadConfig: ', '')}") from None
-    except (TypeError, ValueError, OverflowError) as e:
-        raise DgnerfError(f"{where}: {e}") from None
-    if cfg.image_size > MAX_IMAGE_SIZE or cfg.feature_size > cfg.image_size or cfg.n_samples > MAX_SAMPLES:
-        raise DgnerfError(f"{where}: image_size {cfg.image_size} (at most {MAX_IMAGE_SIZE}), feature_size "
-                          f"{cfg.feature_size} (at most image_size) and n_samples {cfg.n_samples} (at most "
-                          f"{MAX_SAMPLES}) are out of range")
-    try:
-        with torch.device("meta"):  # counts the parameters without allocating them
-            n = sum(p.numel() for p in HeadModel(cfg).parameters())
-    except DgnerfError as e:
-        raise DgnerfError(f"{where}: {e}") from None
-    except (RuntimeError, ValueError, TypeError, OverflowError) as e:
-        raise DgnerfError(f"{where}: not a model that can be built ({type(e).__name__}: {str(e)[:200]})") from None
-    if n > MAX_PARAMETERS:
-        raise DgnerfError(f"{where}: a model of {n:,} parameters, more than the {MAX_PARAMETERS:,} this trainer takes")
 
 
 def check_lr_scale(scale, where: str) -> None:

@@ -128,6 +128,7 @@ class Frame:
 class SourceReport:
     name: str
     person: str
+    input: str = ""  # the input as typed
     index: int = 0
     total: int = 0
     kept: int = 0
@@ -266,7 +267,14 @@ def _load_basis(path: str) -> ExpressionBasis:
         p = p / "expression_basis.safetensors"
     if not p.is_file():
         raise DgnerfError(f"--expression-basis {path}: no such file (expected a dataset directory or an expression_basis.safetensors)")
-    b = ExpressionBasis.load(p)
+    try:
+        b = ExpressionBasis.load(p)
+        bad = [k for k in ("basis", "stddev", "reference", "weights") if not np.isfinite(getattr(b, k)).all()]
+        if bad:
+            raise DgnerfError(f"{bad} hold NaN/Inf values")
+    except Exception as e:  # noqa: BLE001 - any damage of the file given: named with the flag
+        text = str(e).replace(f"{p}: ", "")
+        raise DgnerfError(f"--expression-basis {path}: not a usable expression basis ({text[:200]})") from None
     k = _used_components(p)
     if k is not None and 0 < k < len(b.stddev):
         b.stddev = b.stddev.copy()
@@ -462,7 +470,7 @@ def _run_sources(sources, summary, out_p, opts, faces_fn_factory, segment_fn, en
     with tempfile.TemporaryDirectory(prefix=f".{out_p.name}.staging-", dir=stage_parent) as td:
         stage = Path(td)
         for si, src in enumerate(sources):
-            rep = SourceReport(src.name, _person_id(src.name, used), index=si)
+            rep = SourceReport(src.name, _person_id(src.name, used), input=src.typed or str(src.path), index=si)
             summary.sources.append(rep)
             persons.append(rep.person)
             try:
@@ -486,7 +494,7 @@ def _run_sources(sources, summary, out_p, opts, faces_fn_factory, segment_fn, en
             own_segmenter.close()
         if not all_frames:
             log(summary.format())
-            why = list(summary.problems) + [f"{r.name}: " + ", ".join(f"{k} x{v}" for k, v in r.dropped.items())
+            why = list(summary.problems) + [f"{r.input or r.name}: " + ", ".join(f"{k} x{v}" for k, v in r.dropped.items())
                                             for r in summary.sources if r.dropped]
             hints = list(dict.fromkeys(drop_hint(r.dropped) for r in summary.sources if r.dropped))
             raise DgnerfError("no frame was kept from any input" + (f" ({'; '.join(why[:3])})" if why else "")

@@ -47,6 +47,7 @@ class Source:
     path: Path  # the video, the image folder, or the one still
     kind: str  # "video" or "images"
     files: list | None = None
+    typed: str = ""  # the input as the user typed it (messages name it so)
 
     @property
     def name(self) -> str:
@@ -92,7 +93,8 @@ def _video_frames(path: Path, max_frames, stride):
     try:
         reader = iio.get_reader(str(path), "ffmpeg")
     except Exception as e:  # noqa: BLE001
-        raise DgnerfError(f"{path}: cannot open as a video ({type(e).__name__}: {str(e).strip().splitlines()[0][:120] if str(e).strip() else ''})") from None
+        raise DgnerfError(f"{path}: cannot open as a video or a still image ({type(e).__name__}: "
+                          f"{str(e).strip().splitlines()[0][:120] if str(e).strip() else ''})") from None
     n, kept = 0, 0
     try:
         it = iter(reader)
@@ -123,21 +125,23 @@ def resolve_sources(inputs: list[str]) -> tuple[list[Source], list[str]]:
     out, problems = [], []
     for s in inputs:
         p = Path(s)
-        if not p.exists():
-            problems.append(f"{p}: no such file or directory")
+        if not s or not p.exists():
+            problems.append(f"{s!r}: no such file or directory")
         elif p.is_dir():
             files = sorted((f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXT and f.is_file()), key=_natural_key)
             vids = sorted(f for f in p.iterdir() if f.suffix.lower() in VIDEO_EXT and f.is_file())
             if files:
-                out.append(Source(p, "images", files))
+                out.append(Source(p, "images", files, typed=s))
             for v in vids:
-                out.append(Source(v, "video"))
+                out.append(Source(v, "video", typed=os.path.join(s, v.name)))
             if not files and not vids:
-                problems.append(f"{p}: a directory with no images ({', '.join(sorted(IMAGE_EXT))}) and no videos")
+                problems.append(f"{s}: a directory with no images ({', '.join(sorted(IMAGE_EXT))}) and no videos")
+        elif not p.is_file():
+            problems.append(f"{s}: not a regular file (a device or a pipe?)")
         elif p.suffix.lower() in IMAGE_EXT or (p.suffix.lower() not in VIDEO_EXT and is_image_file(p)):
-            out.append(Source(p, "images", [p]))  # one still: its own person, named after the file
+            out.append(Source(p, "images", [p], typed=s))  # one still: its own person, named after the file
         else:
-            out.append(Source(p, "video"))
+            out.append(Source(p, "video", typed=s))
     return out, problems
 
 

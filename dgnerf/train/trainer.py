@@ -38,6 +38,7 @@ import errno
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import time
@@ -223,12 +224,14 @@ class FrameStore:
     def __len__(self):
         return len(self.ds)
 
-    def batch(self, idx: list[int], device) -> dict | None:
-        """The frames idx (the unreadable ones left out under "skip"); None when none is left."""
+    def batch(self, idx: list[int], device, count: bool = True) -> dict | None:
+        """The frames idx (the unreadable ones left out under "skip", counted in self.skipped when `count`); None
+        when none is left."""
+        skipped = self.skipped
         if self.cache is not None:
             if self.bad:
                 keep = [i for i in idx if i not in self.bad]
-                self.skipped += len(idx) - len(keep)
+                self.skipped += (len(idx) - len(keep)) if count else 0
                 if not keep:
                     return None
                 idx = keep
@@ -236,7 +239,7 @@ class FrameStore:
             return {k: v[t].to(device) for k, v in self.cache.items()}
         items = [self._load_checked(i) for i in idx]
         if self.bad:
-            self.skipped += sum(it is None for it in items)
+            self.skipped = skipped + (sum(it is None for it in items) if count else 0)
             items = [it for it in items if it is not None]
             if not items:
                 return None
@@ -468,14 +471,18 @@ class Trainer:
         tmp = os.path.join(self.ckpt_root, f".tmp_{name}_{os.getpid()}")
         try:
             return self._write_checkpoint(step, name, tmp)
-        except OSError as e:
+        except Exception as e:
+            io = _io_error(e)
+            if io is None:
+                raise
             # disk full, a file size limit, a read-only disk: the half-written directory goes, nothing else moved
             self._no_final_save = True
             shutil.rmtree(tmp, ignore_errors=True)
+            code, text = io
             prev = (f"the previous checkpoint {self.last_saved[1]} (step {self.last_saved[0]}) is intact and "
                     "`--resume` continues from it" if self.last_saved else "no earlier checkpoint of this run exists")
-            raise DgnerfError(f"could not write checkpoint {name} in {self.ckpt_root} ({e.strerror or e}"
-                              f"{': disk full?' if e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) else ''}); "
+            raise DgnerfError(f"could not write checkpoint {name} in {self.ckpt_root} ({text}"
+                              f"{': disk full?' if code in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) else ''}); "
                               f"{prev}; free some space and run again") from None
 
     def _write_checkpoint(self, step: int, name: str, tmp: str) -> str:
@@ -522,14 +529,32 @@ class Trainer:
         shutil.rmtree(trash, ignore_errors=True)
 
     def load(self, path: str) -> int:
+        """Resume from the checkpoint directory `path` -> its step. A damaged file is named (with the older
+        checkpoint that could be used instead) rather than failing somewhere inside the loaders."""
+        try:
+            return self._load(path)
+        except Exception as e:  # noqa: BLE001 - whatever the damage, it is this checkpoint's
+            text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            name = os.path.basename(path.rstrip(os.sep))
+            older = sorted(d for d in os.listdir(self.ckpt_root) if d.startswith("step_") and d < name
+                           and os.path.exists(os.path.join(self.ckpt_root, d, "train_state.json")))
+            alt = (f"move it away and --resume continues from {older[-1]}" if older else
+                   "start afresh without --resume")
+            raise DgnerfError(f"cannot resume from {path}: {self._loading} is damaged "
+                              f"({type(e).__name__}: {text[:200]}); {alt}") from None
+
+    def _load(self, path: str) -> int:
         from safetensors.torch import load_file
 
+        self._loading = "model.safetensors"
         _, state, _ = read_checkpoint(os.path.join(path, "model.safetensors"))
         check_state_dict(self.model, state, source=f"checkpoint {path}")
-        self.model.load_state_dict(state)
-        with open(os.path.join(path, "train_state.json")) as f:
-            meta = json.load(f)
+        self._loading = "train_state.json"
+        with open(os.path.join(path, "train_state.json"), "rb") as f:
+            meta = json.loads(f.read().decode("utf-8"))
+        self._loading = "train_state.safetensors"
         t = load_file(os.path.join(path, "train_state.safetensors"))
+        self.model.load_state_dict(state)
         osd = {"state": {}, "param_groups": meta["param_groups"]}
         for k, v in t.items():
             if k.startswith("adam."):
@@ -553,7 +578,9 @@ class Trainer:
         self.model.eval()
         n = min(4, len(self.frames))
         idx = [int(i) for i in np.linspace(0, len(self.frames) - 1, n).round()]
-        b = self.frames.batch(idx, self.device)
+        b = self.frames.batch(idx, self.device, count=False)
+        if b is None:  # only skipped (unreadable) frames there: no grid
+            return None
         out = self.model(b["identity"], b["expression"], b["c2w"], b["intrinsics"],
                          gaze=b["gaze"] if self.model_cfg.gaze_dim else None)
         tiles = [to_uint8(x) for x in b["image"]] + [to_uint8(x) for x in out.image]
@@ -683,6 +710,17 @@ class Trainer:
         self._stop = True
         if self.rank == 0:
             print(f"\ndgnerf train: signal {signum}: finishing this step and writing a checkpoint (again to abort)")
+
+
+def _io_error(e: BaseException) -> tuple[int | None, str] | None:
+    """(errno, text) when `e` is a failed write: an OSError, or safetensors' own error type, which wraps the OS
+    error in its message ("I/O error: File too large (os error 27)"); None for anything else."""
+    if isinstance(e, OSError):
+        return e.errno, e.strerror or str(e)
+    m = re.search(r"I/O error: (.*?) \(os error (\d+)\)", str(e))
+    if m:
+        return int(m.group(2)), m.group(1)
+    return None
 
 
 def build_loss(cfg: TrainConfig, device):
