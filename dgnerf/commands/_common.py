@@ -294,12 +294,17 @@ def topmost_missing(path: str) -> str:
 MAX_PARAMETERS = 2_000_000_000
 MAX_IMAGE_SIZE = 4096
 MAX_SAMPLES = 4096
+# HeadConfig fields the trainer takes from the dataset: an override would build a model its codes do not fit.
+DATA_FIELDS = {"identity_dim", "expression_dim", "z_id_dim", "beta_dim"}
 
 
 def check_model_overrides(model: dict, where: str) -> None:
     """--model: known HeadConfig fields with valid values, and a model this machine could hold."""
     if not isinstance(model, dict):
         raise DgnerfError(f"{where}: expected a JSON object of HeadConfig fields, got {model!r}")
+    fixed = sorted(set(model) & DATA_FIELDS)
+    if fixed:
+        raise DgnerfError(f"{where}: {fixed} come from the dataset (the length of its codes), not from --model")
     try:
         cfg = HeadConfig.from_dict(dict(model))
     except DgnerfError as e:

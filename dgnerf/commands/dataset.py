@@ -54,9 +54,6 @@ def run_check(args):
         raise DgnerfError(f"{args.dir!r}: no such directory (a dataset is a directory holding manifest.json)")
     if not os.path.isdir(args.dir):
         raise DgnerfError(f"{args.dir!r}: is a file, not a dataset (a dataset is a directory holding manifest.json)")
-    if not os.path.isfile(os.path.join(args.dir, "manifest.json")):
-        raise DgnerfError(f"{args.dir!r}: not a dgnerf dataset (no manifest.json: never written, or its writer was "
-                          "interrupted)")
     problems = check_dataset(args.dir, level=args.level, progress=sys.stderr.isatty())
     if problems:
         for line in problems:

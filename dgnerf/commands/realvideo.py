@@ -77,8 +77,8 @@ def config_from_args(args):
     for name in ("steps", "batch_size", "checkpoint_every"):
         if getattr(args, name) < 1:
             raise DgnerfError(f"--{name.replace('_', '-')}: expected a positive integer, got {getattr(args, name)}")
-    if args.threads is not None and args.threads < 1:
-        raise DgnerfError(f"--threads: expected a positive integer, got {args.threads}")
+    if args.threads is not None and not 1 <= args.threads <= 1024:
+        raise DgnerfError(f"--threads: expected an integer >= 1 and <= 1024, got {args.threads}")
     if args.model is not None and not isinstance(args.model, dict):
         raise DgnerfError(f"--model: expected a JSON object of HeadConfig fields, got {args.model!r}")
     for flag, v, lo_open in (("--lr", args.lr, True), ("--lr-final", args.lr_final, True),

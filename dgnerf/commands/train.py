@@ -116,7 +116,7 @@ def check_lr_scale(scale, where: str) -> None:
 
 def config_from_args(args):
     base, source = {}, {}
-    if args.config:
+    if args.config is not None:
         if not os.path.isfile(args.config):
             raise DgnerfError(f"--config: file not found: {args.config}")
         try:

@@ -403,7 +403,10 @@ def path_case(rng, name, base, w, setup, fakes) -> Case:
         tokens.append(flag)
     if flag == 1 and name in ("train", "realvideo"):
         tokens.append("DATA")
-    return Case("cli", f"{name}:{flag} in {value[:60]!r}", argv, tokens, setup=setup, fakes=fakes, subprocess_ok=not fakes)
+    # `dataset check` of a directory lists its problems (exit 1); a path that is no directory is an error (exit 2)
+    expect = "check" if name == "dataset-check" else "fail"
+    return Case("cli", f"{name}:{flag} in {value[:60]!r}", argv, tokens, expect=expect, setup=setup, fakes=fakes,
+                subprocess_ok=not fakes)
 
 
 def _set_positional(argv, flag, value):
