@@ -443,11 +443,19 @@ class Trainer:
                 if p.is_floating_point() and not bool(torch.isfinite(p).all())]
 
     # ------------------------------------------------------------------ checkpoints
-    def latest_checkpoint(self) -> str | None:
+    def _pointer(self) -> str | None:
+        """The name RUN/checkpoints/latest holds (None when it is missing or unreadable)."""
         ptr = os.path.join(self.ckpt_root, "latest")
-        if os.path.exists(ptr):
-            with open(ptr) as f:
-                name = f.read().strip()
+        try:
+            with open(ptr, "rb") as f:
+                return f.read(4096).decode("utf-8").strip() or None
+        except (OSError, UnicodeDecodeError):
+            return None
+
+    def latest_checkpoint(self) -> str | None:
+        name = self._pointer()
+        # a damaged pointer (not one step_* name) is ignored like a missing one: the newest complete step wins
+        if name and name.startswith("step_") and os.sep not in name and "/" not in name:
             path = os.path.join(self.ckpt_root, name)
             if os.path.exists(os.path.join(path, "train_state.json")):
                 return path
@@ -481,9 +489,10 @@ class Trainer:
             code, text = io
             prev = (f"the previous checkpoint {self.last_saved[1]} (step {self.last_saved[0]}) is intact and "
                     "`--resume` continues from it" if self.last_saved else "no earlier checkpoint of this run exists")
+            full = code in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
             raise DgnerfError(f"could not write checkpoint {name} in {self.ckpt_root} ({text}"
-                              f"{': disk full?' if code in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) else ''}); "
-                              f"{prev}; free some space and run again") from None
+                              f"{': disk full?' if full else ''}); {prev}; "
+                              f"{'free some space' if full else 'fix that'} and run again") from None
 
     def _write_checkpoint(self, step: int, name: str, tmp: str) -> str:
         from safetensors.torch import save_file
@@ -514,7 +523,11 @@ class Trainer:
         if os.path.exists(final):
             self._discard(final)
         os.replace(tmp, final)
-        atomic_write_text(os.path.join(self.ckpt_root, "latest"), name + "\n")
+        try:
+            atomic_write_text(os.path.join(self.ckpt_root, "latest"), name + "\n")
+        except BaseException:
+            self._discard(final)  # without its pointer the new step is taken back: the state is the previous one
+            raise
         self.last_saved = (step, final)
         old = sorted(d for d in os.listdir(self.ckpt_root) if d.startswith("step_"))
         for d in old[:-max(1, self.cfg.keep_checkpoints)]:
@@ -625,6 +638,9 @@ class Trainer:
         c = self.cfg
         os.makedirs(c.out, exist_ok=True)
         start = 0
+        ptr = os.path.join(self.ckpt_root, "latest")
+        if os.path.lexists(ptr) and not os.path.isfile(ptr):
+            raise DgnerfError(f"{ptr}: not a file (the run's pointer to its newest checkpoint); remove it and run again")
         self._clear_leftovers()
         if resume:
             path = self.latest_checkpoint()
@@ -632,6 +648,10 @@ class Trainer:
                 if self.rank == 0:
                     print(f"dgnerf train: no checkpoint in {self.ckpt_root}; starting from scratch")
             else:
+                pointed = self._pointer()
+                if self.rank == 0 and pointed and pointed != os.path.basename(path):
+                    print(f"dgnerf train: {self.ckpt_root}/latest names {pointed}, which is incomplete (no "
+                          f"train_state.json); using {os.path.basename(path)}, the newest complete checkpoint")
                 start = self.load(path)
                 self.last_saved = (start, path)
                 if self.rank == 0:
