@@ -573,6 +573,11 @@ class Trainer:
             if k.startswith("adam."):
                 _, pid, key = k.split(".", 2)
                 osd["state"].setdefault(int(pid), {})[key] = v.to(self.device) if key != "step" else v
+            elif k not in ("rng.torch", "rng.cuda"):
+                raise ValueError(f"unexpected tensor {k!r}")
+        self._check_adam_state(osd["state"])
+        if "rng.torch" not in t:
+            raise ValueError("no 'rng.torch' (the random state the run continues from)")
         self.opt.load_state_dict(osd)
         faults = meta.get("faults") or {}
         self.skipped_steps = int(faults.get("skipped_steps", 0))
@@ -582,6 +587,21 @@ class Trainer:
         if "rng.cuda" in t and self.device.type == "cuda":
             torch.cuda.set_rng_state(t["rng.cuda"], self.device)
         return int(meta["step"])
+
+    def _check_adam_state(self, state: dict) -> None:
+        """Adam's moments as this model needs them: torch would take a damaged set and fail at the first step."""
+        params = [p for g in self.opt.param_groups for p in g["params"]]
+        for pid, st in state.items():
+            if not 0 <= pid < len(params):
+                raise ValueError(f"Adam state for parameter {pid}; the model has {len(params)}")
+            missing = sorted({"step", "exp_avg", "exp_avg_sq"} - set(st))
+            extra = sorted(set(st) - {"step", "exp_avg", "exp_avg_sq"})
+            if missing or extra:
+                raise ValueError(f"Adam state of parameter {pid}: missing {missing}, unexpected {extra}")
+            for k in ("exp_avg", "exp_avg_sq"):
+                if tuple(st[k].shape) != tuple(params[pid].shape) or not bool(torch.isfinite(st[k]).all()):
+                    raise ValueError(f"Adam {k} of parameter {pid}: shape {list(st[k].shape)} (expected "
+                                     f"{list(params[pid].shape)}) or non-finite values")
 
     # ------------------------------------------------------------------ samples and logs
     @torch.no_grad()
