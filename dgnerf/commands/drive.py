@@ -45,7 +45,14 @@ def run(args):
                                     resolution=max(64, model.cfg.image_size), split="test", max_frames=args.max_frames,
                                     what="--driver")
             drv = driver_from_dataset(pre, model.cfg, max_frames=args.max_frames)
-    frames = drive_frames(model, z, drv, batch=args.batch, progress=not args.no_progress, scale=scale)
+    try:
+        frames = drive_frames(model, z, drv, batch=args.batch, progress=not args.no_progress, scale=scale)
+    except (DgnerfError, ValueError) as e:  # HeadModel refuses its inputs with a ValueError
+        if not str(e).startswith("HeadModel:"):
+            raise
+        # the model's inputs are the target's identity and the driver's codes and cameras
+        raise DgnerfError(f"--target {args.target!r} / --driver {args.driver!r}: their codes or cameras do not render "
+                          f"({e})") from None
     path = write_video(frames, args.out, args.fps)
     print(f"wrote {path} ({len(frames)} frames: driver {drv.person} | identity of {what})")
     return 0

@@ -47,7 +47,13 @@ def run(args):
     if args.person not in ds.persons:
         raise DgnerfError(f"--person {args.person!r}: not a person of {args.dataset} (it has {ds.persons[:12]}"
                           f"{'...' if len(ds.persons) > 12 else ''})")
-    img, values = gaze_figure(model, ds, args.person, steps=args.steps, spread=args.spread, yaw=args.yaw, x=x, y=y)
+    try:
+        img, values = gaze_figure(model, ds, args.person, steps=args.steps, spread=args.spread, yaw=args.yaw, x=x, y=y)
+    except (DgnerfError, ValueError) as e:  # HeadModel refuses its inputs with a ValueError
+        if not str(e).startswith("HeadModel:"):
+            raise
+        # the model's inputs here are the dataset's codes and cameras: a value the model refuses is the dataset's
+        raise DgnerfError(f"--dataset {args.dataset!r}: its codes or cameras do not render ({e})") from None
     save_png(args.out, img)
     fmt = lambda v: "[" + ", ".join(f"{x:.3g}" for x in v.tolist()) + "]"  # noqa: E731
     print(f"wrote {args.out} ({img.shape[1]}x{img.shape[0]}: {args.person}; gaze top left {fmt(values[0, 0])}, top right "

@@ -52,7 +52,13 @@ def run(args):
             have = ds.persons
             raise DgnerfError(f"{flag} {person!r}: not a person of {args.dataset} (it has {have[:12]}"
                               f"{'...' if len(have) > 12 else ''})")
-    img = interpolation_figure(model, ds, args.person_a, args.person_b, steps=args.steps, yaws=yaws)
+    try:
+        img = interpolation_figure(model, ds, args.person_a, args.person_b, steps=args.steps, yaws=yaws)
+    except (DgnerfError, ValueError) as e:  # HeadModel refuses its inputs with a ValueError
+        if not str(e).startswith("HeadModel:"):
+            raise
+        # the model's inputs here are the dataset's codes and cameras: a value the model refuses is the dataset's
+        raise DgnerfError(f"--dataset {args.dataset!r}: its codes or cameras do not render ({e})") from None
     save_png(args.out, img)
     print(f"wrote {args.out} ({img.shape[1]}x{img.shape[0]}: identity {args.person_a} -> {args.person_b} on top, "
           f"expression of {args.person_a} below; {len(yaws)} views x {args.steps} steps each)")

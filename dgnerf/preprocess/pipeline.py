@@ -481,6 +481,8 @@ def _run_sources(sources, summary, out_p, opts, faces_fn_factory, segment_fn, en
                     if hasattr(faces_fn, "close"):
                         faces_fn.close()
                 if not frames:
+                    if rep.total == 0:  # opened, but not one frame came out (a damaged or empty video)
+                        summary.problems.append(f"{rep.input}: no frame could be decoded (an empty or damaged file?)")
                     rep.notes.append("no frame kept: " + drop_hint(rep.dropped))
                     continue
                 frames = crop_source(src, frames, rep, opts, segment_fn, encoder, stage, tqdm)
