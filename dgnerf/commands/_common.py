@@ -17,9 +17,9 @@ from tqdm import tqdm
 
 from dgnerf import codes as code_files
 from dgnerf.apps.drive import identity_spec
+from dgnerf.assets import VGG16_FILENAME, cache_dir, vgg16_path
 from dgnerf.camera import view_c2w
 from dgnerf.errors import DgnerfError
-from dgnerf.assets import VGG16_FILENAME, cache_dir, vgg16_path
 from dgnerf.losses import load_vgg16
 from dgnerf.model import HeadConfig, HeadModel, RenderOptions
 from dgnerf.model.checkpoint import load_checkpoint
@@ -335,12 +335,12 @@ def vgg_missing(flag_text: str, weights_flag: bool = False) -> str | None:
     except DgnerfError:
         pass
     alt = ", pass --vgg-weights FILE.safetensors" if weights_flag else ""
-    return (f"{flag_text} needs the VGG16 weights, which are not in the cache ({code_cache_vgg()}): run "
+    return (f"{flag_text} needs the VGG16 weights, which are not in the cache ({cached_vgg_path()}): run "
             f"`dgnerf assets fetch --only vgg16` once (online){alt}, or pass --lambda-perceptual 0 to go without the "
             "perceptual loss")
 
 
-def code_cache_vgg() -> str:
+def cached_vgg_path() -> str:
     return str(cache_dir() / VGG16_FILENAME)
 
 

@@ -325,8 +325,6 @@ def cli_case(rng: random.Random, w) -> Case:
         bad = [v for v in pool if not ok(v)]
         value = rng.choice(bad)
         argv = _set_flag(base, flag, value)
-        if flag == "--precision" and "--path" in argv:
-            pass
         return Case("cli", f"{name}:{flag}={value[:60]!r}", argv, [flag], setup=setup, fakes=fakes, subprocess_ok=not fakes)
     if kind == "missing_required" and required:
         flag = rng.choice(required)
