@@ -275,3 +275,17 @@ def test_eval_ablation_writes_table1(model, tiny_set, tmp_path):
     table = (tmp_path / "table1_ablation.md").read_text()
     assert "| lambda = 0 (masked L2 only) |" in table and "| lambda = 1 (+ VGG16 perceptual) |" in table
     assert set(rep["ablation"]) == {"lambda = 0 (masked L2 only)", "lambda = 1 (+ VGG16 perceptual)"}
+
+
+def test_fit_one_image_prints_its_expected_time(tiny_set, tiny_ckpt, tmp_path, capsys):
+    out = tmp_path / "fit1"
+    assert main(["fit", tiny_set, "--checkpoint", tiny_ckpt, "--out", str(out), "--iters", "2", "--frames", "0",
+                 "--no-lpips", "--no-csim", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "fitting p0003: 1 frame(s), 2 steps, about" in printed
+    rep = json.loads((out / "metrics.json").read_text())
+    assert rep["persons"]["p0003"]["frames"] == 1
+    for bad in ("x", "-1", "0,0", "7"):
+        assert main(["fit", tiny_set, "--checkpoint", tiny_ckpt, "--out", str(tmp_path / f"bad{bad}"), "--iters", "1",
+                     "--frames", bad, "--no-lpips", "--no-csim", "--no-progress"]) == 2
+        assert "--frames" in capsys.readouterr().err

@@ -108,6 +108,15 @@ def test_metrics_and_files(checked):
     f9 = HeadDataset(checked / "data", split="train", check="none")[9]["image"].expand(4, -1, -1, -1)
     expect = masked_psnr(f9, truth, mask)
     assert ref["copy_nearest_train_frame"]["psnr_per_frame"] == pytest.approx(expect.tolist(), rel=1e-5)
+    # the training frame nearest in head pose, copied
+    tr = HeadDataset(checked / "data", split="train", check="none")
+    from dgnerf.apps.realvideo import _rotation_deg
+
+    near = _rotation_deg(te.arrays["c2w"][:, :3, :3], tr.arrays["c2w"][:, :3, :3]).argmin(1)
+    by_pose = masked_psnr(torch.stack([tr[int(j)]["image"] for j in near]), truth, mask)
+    assert ref["copy_nearest_train_pose"]["psnr_per_frame"] == pytest.approx(by_pose.tolist(), rel=1e-5)
+    assert rep["checkpoint_selection"] == {"by": "last checkpoint"}
+    assert rep["background_weight"] == 1.0  # the built-in set records its flat background: it is modelled
     assert ref["truth_shifted_0.5px"]["psnr"] > ref["truth_shifted_1px"]["psnr"]
     assert 0 < ref["truth_shifted_1px"]["ssim"] < ref["truth_shifted_0.5px"]["ssim"] < 1
     md = (checked / "realvideo.md").read_text()
@@ -118,6 +127,19 @@ def test_metrics_and_files(checked):
     assert Image.open(checked / "train_frames.png").size[0] == 10 * 130 + 2
     assert (checked / "curve.png").stat().st_size > 0
     assert not [p for p in os.listdir(checked) if ".tmp" in p]
+
+
+def test_validation_frames_choose_the_checkpoint(video_set, tmp_path):
+    out = tmp_path / "val"
+    args = _args(video_set, out, "--val-frames", "8-9")
+    args[args.index("0-9")] = "0-7"
+    assert main(args) == 0
+    rep = json.loads((out / "metrics.json").read_text())
+    sel = rep["checkpoint_selection"]
+    scores = {int(k): v for k, v in sel["val_psnr_per_checkpoint"].items()}
+    assert sel["by"] == "best validation masked PSNR" and sel["val_frames"] == 2 and set(scores) == {3, 6}
+    assert rep["steps"] == sel["step"] == max(scores, key=lambda s: (scores[s], s))
+    assert main(_args(video_set, tmp_path / "bad", "--val-frames", "9-10")) == 2  # overlaps train and test
 
 
 def test_rerun_needs_resume_and_eval_only_rescores(video_set, checked, capsys):

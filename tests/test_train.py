@@ -38,12 +38,15 @@ def test_frame_order_is_a_pure_function_of_seed_and_step():
 
 
 def test_training_reduces_loss_and_writes_outputs(tiny_set, tmp_path):
-    try:
-        import torch.utils.tensorboard  # noqa: F401
+    import importlib.util
 
-        with_tb = True
-    except ImportError:
-        with_tb = False
+    # (an `import torch.utils.tensorboard` here would make `torch` a local name of this test)
+    with_tb = importlib.util.find_spec("torch.utils.tensorboard") is not None
+    if with_tb:
+        try:
+            importlib.import_module("torch.utils.tensorboard")
+        except ImportError:
+            with_tb = False
     cfg = tiny_cfg(tiny_set, tmp_path / "run", steps=60, lr=3e-3, sample_every=60, log_every=1, batch_size=4,
                    tensorboard=with_tb)
     res = Trainer(cfg).fit()
@@ -159,7 +162,8 @@ def test_demo_outputs_from_a_short_run(tiny_set, tmp_path):
     out.mkdir()
     res = make_outputs(cfg.out, tiny_set, str(out), log=lambda *a: None)
     for name in ("expression_interpolation.png", "identity_interpolation.png", "heldout_renders.png",
-                 "train_renders.png", "loss_curve.png", "orbit_train_person.mp4", "metrics.json"):
+                 "train_renders.png", "loss_curve.png", "orbit_train_person.mp4", "fit_one_image.png",
+                 "drive_fitted_person.mp4", "metrics.json"):
         if name.endswith(".mp4") and not (out / name).exists():
             name = name.replace(".mp4", ".gif")  # no video encoder: the GIF fallback
         assert (out / name).exists(), name
@@ -168,3 +172,16 @@ def test_demo_outputs_from_a_short_run(tiny_set, tmp_path):
     assert grid_img.size[0] == ident.size[0] and grid_img.size[1] > ident.size[1] * 1.2  # 4 rows vs 3
     assert 0.0 <= res["expression_mean_change"] <= 1.0
     assert math.isfinite(res["heldout"]["masked_psnr_db"])
+    fitted = res["fitted"]  # the unseen person fitted from one image, its other frames with the fitted identity
+    assert fitted["other_frames"] == 2 and all(math.isfinite(fitted[k]) for k in (
+        "masked_psnr_db", "encoder_psnr_db", "other_frames_psnr_db", "other_frames_encoder_psnr_db", "seconds"))
+
+
+def test_demo_rejects_non_positive_steps_and_minutes(tmp_path, capsys):
+    from dgnerf.cli import main
+
+    for argv in (["--steps", "0"], ["--steps", "-5"], ["--minutes", "0"], ["--minutes", "-1"]):
+        assert main(["demo", "--out", str(tmp_path / "o"), *argv]) == 2
+        err = capsys.readouterr().err
+        assert argv[0] in err and err.count("\n") == 1, err
+        assert not (tmp_path / "o").exists()

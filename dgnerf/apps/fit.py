@@ -106,6 +106,32 @@ class FitTarget:
     def __len__(self):
         return self.image.shape[0]
 
+    def subset(self, rows: list[int]) -> "FitTarget":
+        """The frames at positions `rows` (e.g. [0]: fit from one image)."""
+        bad = [r for r in rows if not 0 <= r < len(self)]
+        if bad or not rows:
+            raise DgnerfError(f"--frames {rows}: person {self.person!r} has frames 0..{len(self) - 1}")
+        pick = lambda t: None if t is None else t[rows]  # noqa: E731
+        return FitTarget(person=self.person, image=self.image[rows], mask=self.mask[rows], c2w=self.c2w[rows],
+                         intrinsics=self.intrinsics[rows], identity=self.identity[rows], expression=self.expression[rows],
+                         frame_index=[self.frame_index[r] for r in rows], landmarks=pick(self.landmarks),
+                         gaze=pick(self.gaze))
+
+
+def estimate_seconds(model, target: FitTarget, cfg: FitConfig) -> float:
+    """Seconds fitting `target` will take on this machine now: one timed step (render + backward of one
+    batch) times the steps and batches to come (fine-tuning counted at the same cost)."""
+    dev = next(model.parameters()).device
+    n = min(cfg.batch, len(target))
+    z = target.identity[:1].to(dev).expand(n, -1).clone().requires_grad_(True)
+    t0 = time.perf_counter()
+    out = model(z, target.expression[:n].to(dev), target.c2w[:n].to(dev), target.intrinsics[:n].to(dev),
+                options=RenderOptions(path=cfg.path))
+    out.image.float().mean().backward()
+    per_batch = time.perf_counter() - t0
+    batches = math.ceil(len(target) / cfg.batch)
+    return per_batch * batches * (cfg.iters + cfg.finetune_iters)
+
 
 @dataclass
 class FitResult:

@@ -66,6 +66,9 @@ class RealVideoConfig:
     person: str | None = None  # default: the set's only person
     train_frames: str = "0-99"  # frame indices (the person's frames in manifest order): "0-99", "0-49,60-99"
     test_frames: str = "100-119"
+    # Frames held out of training to choose the checkpoint by (the best masked PSNR on them is scored on the test
+    # frames); empty: the last checkpoint is scored.
+    val_frames: str = ""
     identity: str = "mean"  # mean | frame
     expression_components: int = 12  # keep the first K expression components (0 = all)
     model: dict = field(default_factory=lambda: dict(REALVIDEO_MODEL))
@@ -74,7 +77,9 @@ class RealVideoConfig:
     lr: float = 2e-3
     lr_final: float = 1e-4
     lambda_perceptual: float = 0.0  # the VGG16 term is ~10x the cost of a step on a CPU
-    background_weight: float = 0.0  # real, moving backgrounds: fit the head only (metrics are inside the mask)
+    # L2 weight outside the head mask. None: 1 when the dataset records a known flat background (it is then part of
+    # what the model must render), else 0 (a real, moving background: fit the head only; metrics are inside the mask).
+    background_weight: float | None = None
     checkpoint_every: int = 1000
     max_minutes: float | None = None
     seed: int = 0
@@ -158,12 +163,18 @@ def prepare(cfg: RealVideoConfig, log=print) -> dict:
         raise DgnerfError(f"identity: expected 'mean' or 'frame', got {cfg.identity!r}")
     m, arrays, person, rows = _source_frames(cfg.data, cfg.person)
     train, test = select_split(len(rows), cfg.train_frames, cfg.test_frames)
+    val = parse_frames(cfg.val_frames, "val_frames") if cfg.val_frames.strip() else []
+    if val and (max(val) >= len(rows) or set(val) & (set(train) | set(test))):
+        raise DgnerfError(f"val_frames: {cfg.val_frames!r} must name frames 0-{len(rows) - 1} that are neither training "
+                          "nor test frames")
     E = int(m["expression_dim"])
     K = int(cfg.expression_components)
     if not 0 <= K <= E:
         raise DgnerfError(f"expression_components: expected 0 (all) .. {E}, got {K}")
     settings = {"source": os.path.abspath(cfg.data), "source_num_frames": m["num_frames"], "person": person,
                 "train_frames": train, "test_frames": test, "identity": cfg.identity, "expression_components": K or E}
+    if val:
+        settings["val_frames"] = val
     out = os.path.join(cfg.out, "data")
     done = os.path.join(out, PREPARE_FILE)
     if os.path.isfile(done) and os.path.isfile(os.path.join(out, "manifest.json")):
@@ -193,7 +204,8 @@ def prepare(cfg: RealVideoConfig, log=print) -> dict:
                        identity_dim=int(m["identity_dim"]), gaze_dim=gaze_dim, head_radius=float(m["head_radius"]),
                        near=m.get("near"), far=m.get("far"), background=m.get("background"), meta=meta,
                        overwrite=True) as w:
-        jobs = [(k, person, "train") for k in train] + [(k, f"{person}_heldout", "test") for k in test]
+        jobs = ([(k, person, "train") for k in train] + [(k, f"{person}_heldout", "test") for k in test]
+                + [(k, f"{person}_val", "val") for k in val])
         for k, pid, split in tqdm(jobs, desc="prepare", unit="frame", disable=not cfg.progress, leave=False):
             r = rows[k]
             fr = m["frames"][r]
@@ -224,10 +236,17 @@ def prepare(cfg: RealVideoConfig, log=print) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------- train
+def background_weight(cfg: RealVideoConfig) -> float:
+    """cfg.background_weight, or (None) 1 when the prepared data records a known background colour, else 0."""
+    if cfg.background_weight is not None:
+        return float(cfg.background_weight)
+    return 1.0 if read_manifest(os.path.join(cfg.out, "data")).get("background") is not None else 0.0
+
+
 def train_config(cfg: RealVideoConfig):
     return TrainConfig(data=os.path.join(cfg.out, "data"), out=os.path.join(cfg.out, "run"), model=dict(cfg.model),
                        batch_size=cfg.batch_size, steps=cfg.steps, lr=cfg.lr, lr_final=cfg.lr_final,
-                       lambda_perceptual=cfg.lambda_perceptual, background_weight=cfg.background_weight,
+                       lambda_perceptual=cfg.lambda_perceptual, background_weight=background_weight(cfg),
                        checkpoint_every=cfg.checkpoint_every, sample_every=cfg.checkpoint_every,
                        log_every=max(1, min(50, cfg.steps // 20)),
                        keep_checkpoints=cfg.steps // max(1, cfg.checkpoint_every) + 2, seed=cfg.seed,
@@ -376,6 +395,22 @@ def evaluate_stage(cfg: RealVideoConfig, log=print, curve: bool = True) -> dict:
     step, latest = ckpts[-1]
     model = load_checkpoint(os.path.join(latest, "model.safetensors"), device=device)
     mc = model.cfg
+    selection = {"by": "last checkpoint"}
+    if "val" in HeadDataset(data, check="none").person_splits.values():
+        # Choose the checkpoint on frames neither trained on nor scored: the best masked PSNR on them.
+        val_store = FrameStore(HeadDataset(data, split="val", check="none"), mc.image_size, mc.feature_size, 4.0,
+                               progress=False)
+        scores = {}
+        for s, path in ckpts:
+            mdl = load_checkpoint(os.path.join(path, "model.safetensors"), device=device)
+            r = render_split(mdl, val_store, device)
+            scores[s] = float(masked_metrics(r["pred"], r["image"], r["mask"])["psnr"].mean())
+            log(f"evaluate: step {s}: validation PSNR {scores[s]:.2f} dB")
+        best = max(scores, key=lambda s: (scores[s], s))
+        step, latest = next((s, p) for s, p in ckpts if s == best)
+        model = load_checkpoint(os.path.join(latest, "model.safetensors"), device=device)
+        selection = {"by": "best validation masked PSNR", "val_frames": len(val_store),
+                     "val_psnr_per_checkpoint": scores, "step": step}
     sets = {"train": HeadDataset(data, split="train", check="none"), "heldout": HeadDataset(data, split="test", check="none")}
     stores = {k: FrameStore(ds, mc.image_size, mc.feature_size, 4.0, progress=False) for k, ds in sets.items()}
     frame_idx = {k: [int(f.source.rsplit("frame_index=", 1)[1]) for f in ds.frames] for k, ds in sets.items()}
@@ -412,6 +447,11 @@ def evaluate_stage(cfg: RealVideoConfig, log=print, curve: bool = True) -> dict:
     copy = masked_metrics(renders["train"]["image"][near], te["image"], te["mask"])
     references = {"copy_nearest_train_frame": {**_summary(copy), "psnr_per_frame": [float(x) for x in copy["psnr"]],
                                                "ssim_per_frame": [float(x) for x in copy["ssim"]]}}
+    # (c) for multi-view data: the training frame nearest in head pose (rotation angle), copied
+    near_pose = _rotation_deg(r_te, r_tr).argmin(1).tolist()
+    copy_pose = masked_metrics(renders["train"]["image"][near_pose], te["image"], te["mask"])
+    references["copy_nearest_train_pose"] = {**_summary(copy_pose),
+                                             "psnr_per_frame": [float(x) for x in copy_pose["psnr"]]}
     for px in (0.5, 1.0):
         shifted = _shift(te["image"], px)
         references[f"truth_shifted_{px:g}px"] = _summary(masked_metrics(shifted, te["image"], te["mask"]))
@@ -446,7 +486,8 @@ def evaluate_stage(cfg: RealVideoConfig, log=print, curve: bool = True) -> dict:
         "train_frames": settings["train_frames"], "test_frames": settings["test_frames"],
         "identity": settings["identity"], "expression_components": settings["expression_components"],
         "resolution": {"image": mc.image_size, "feature_map": mc.feature_size, "source_crop": sets["train"].width},
-        "checkpoint": os.path.abspath(latest), "steps": step, "batch_size": tc["batch_size"],
+        "checkpoint": os.path.abspath(latest), "steps": step, "checkpoint_selection": selection,
+        "batch_size": tc["batch_size"],
         "lr": [tc["lr"], tc["lr_final"]], "lambda_perceptual": tc["lambda_perceptual"],
         "background_weight": tc.get("background_weight"), "model": mc.to_dict(),
         "training_seconds": None if secs is None else round(secs, 1),
@@ -535,6 +576,8 @@ def markdown_report(rep: dict) -> str:
     s += row(f"train at {res['image'] // 2} px (2x2 box)", rep["metrics"]["train_half_resolution"])
     ref = rep["references"]
     s += row("reference: nearest training frame (in time) copied", ref["copy_nearest_train_frame"])
+    if "copy_nearest_train_pose" in ref:
+        s += row("reference: nearest training frame (in head pose) copied", ref["copy_nearest_train_pose"])
     for k in sorted(x for x in ref if x.startswith("truth_shifted_")):
         s += row(f"reference: held-out truth shifted by {k[len('truth_shifted_'):]} (misregistration)", ref[k])
     s += (f"\nTarget (held-out): PSNR >= {rep['target']['heldout_psnr_db']:g} dB "

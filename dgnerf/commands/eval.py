@@ -54,7 +54,7 @@ def run(args):
     # every flag before the model, the VGG and the face encoder are loaded (they print what they skip)
     check_fit_flags(args)
     cfg = fit_config(args)
-    check_int(args.max_frames, "--max-frames", 1)
+    check_int(args.max_frames, "--max-frames", 0, what="0 = all")
     check_number(args.ablation_lambda, "--ablation-lambda", 0, lo_open=True, what="perceptual weight")
     check_int(args.ablation_identity_steps, "--ablation-identity-steps", 1)
     check_dataset_dir(args.dataset)
@@ -77,9 +77,10 @@ def run(args):
         other = identity_variant(args, dev)
         embedder, reason = csim_embedder(not args.no_csim)
         rep = evaluate(model, args.dataset, args.out, split=args.split, persons=persons, cfg=cfg,
-                       max_frames=args.max_frames, vgg=vgg, lpips_vgg=lpips_vgg, ablation_lambda=args.ablation_lambda,
-                       checkpoint=os.path.abspath(args.checkpoint), progress=not args.no_progress,
-                       csim_embedder=embedder, csim_reason=reason, ablation_identity=other)
+                       max_frames=args.max_frames or None, vgg=vgg, lpips_vgg=lpips_vgg,
+                       ablation_lambda=args.ablation_lambda, checkpoint=os.path.abspath(args.checkpoint),
+                       progress=not args.no_progress, csim_embedder=embedder, csim_reason=reason,
+                       ablation_identity=other)
     a, b = rep["overall"]["encoder_only"], rep["overall"]["fitted"]
     print(f"overall ({rep['frames']} frames): " + ", ".join(f"{k} {a[k]:.4g} -> {b[k]:.4g}" for k in sorted(b)))
     print(f"wrote {args.out}/table2.md, metrics.json, eval_overview.png, eval_<person>.png" +
@@ -149,5 +150,5 @@ def register(sub):
                    help="train the model on D2 here, exactly as --checkpoint was trained (its train_state.json)")
     p.add_argument("--ablation-identity-steps", type=int, default=None, metavar="N",
                    help="with --ablation-identity-train: train N steps (default: as many as --checkpoint had)")
-    add_fit_arguments(p)
+    add_fit_arguments(p, max_frames_default=None)  # the paper's protocol: every frame
     p.set_defaults(func=run)

@@ -8,6 +8,7 @@ import os
 from dgnerf.apps.fit import (
     FitConfig,
     comparison_png,
+    estimate_seconds,
     fit_person,
     is_dataset,
     metric_changes,
@@ -26,7 +27,7 @@ from dgnerf.metrics import csim_embedder
 from dgnerf.model.checkpoint import save_checkpoint
 
 
-def add_fit_arguments(p, iters_default: int = 300):
+def add_fit_arguments(p, iters_default: int = 300, max_frames_default: int | None = 8):
     g = p.add_argument_group("fitting (dgnerf.apps.fit.FitConfig)")
     g.add_argument("--iters", type=int, default=iters_default, help=f"optimisation steps per person (default {iters_default})")
     g.add_argument("--lambda-perceptual", type=float, default=0.0,
@@ -43,7 +44,12 @@ def add_fit_arguments(p, iters_default: int = 300):
     g.add_argument("--finetune-iters", type=int, default=0, help="afterwards fine-tune the model weights this many steps (default 0)")
     g.add_argument("--finetune-lr", type=float, default=1e-4)
     g.add_argument("--batch", type=int, default=8, help="frames rendered at once (default 8)")
-    g.add_argument("--max-frames", type=int, default=None, help="at most this many (evenly spaced) frames per person")
+    g.add_argument("--max-frames", type=int, default=max_frames_default,
+                   help=f"at most this many (evenly spaced) frames per person (default {max_frames_default or 'all'}; "
+                        "0 = all)")
+    g.add_argument("--frames", default=None, metavar="I,J,...",
+                   help="fit only these frames of each person (positions among its frames, after --max-frames), "
+                        "e.g. --frames 0 fits from one image")
     g.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     g.add_argument("--no-lpips", action="store_true", help="skip LPIPS in the metrics (it needs the VGG16 weights)")
     g.add_argument("--no-csim", action="store_true",
@@ -72,28 +78,34 @@ def _resolve_source(args, cfg, workdir: str):
                               "dataset (no manifest.json)")
         pre = os.path.join(workdir, "input_dataset")
         preprocess_inputs([root], pre, args.expression_basis, resolution=max(64, cfg.image_size), split="test",
-                          max_frames=args.max_frames)
-        return targets_from_dataset(pre, cfg, max_frames=args.max_frames, what="preprocessed input"), pre
+                          max_frames=args.max_frames or None)
+        return targets_from_dataset(pre, cfg, max_frames=args.max_frames or None, what="preprocessed input"), pre
     if person is not None:
-        return targets_from_dataset(root, cfg, persons=[person], max_frames=args.max_frames, what="source"), root
+        return targets_from_dataset(root, cfg, persons=[person], max_frames=args.max_frames or None, what="source"), root
     splits = sorted(set(HeadDataset(root, check="none").person_splits.values()))
     split = args.split
     if split is None:
         split = "test" if "test" in splits else None
     if split is not None and split not in splits:
         raise DgnerfError(f"--split {split!r}: the dataset {root} has splits {splits}")
-    return targets_from_dataset(root, cfg, split=split, max_frames=args.max_frames, what="source"), root
+    return targets_from_dataset(root, cfg, split=split, max_frames=args.max_frames or None, what="source"), root
 
 
 def run(args):
     import json
 
     cfg = fit_config(args)
+    if args.max_frames is not None and args.max_frames < 0:
+        raise DgnerfError(f"--max-frames: expected a number of frames >= 1 (0 = all), got {args.max_frames}")
+    if args.frames is not None:
+        _frame_list(args.frames)  # a bad list is reported before anything is loaded
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise DgnerfError(f"--out {args.out!r}: exists and is not a directory")
     model = load_model(args.checkpoint, args.device)
     os.makedirs(args.out, exist_ok=True)
     targets, data_root = _resolve_source(args, model.cfg, args.out)
+    if args.frames is not None:
+        targets = [tg.subset(_frame_list(args.frames)) for tg in targets]
     vgg, lpips_vgg = vggs(args, cfg.lambda_perceptual > 0)
     dev = next(model.parameters()).device
     if vgg is not None:
@@ -105,6 +117,10 @@ def run(args):
                            "config": cfg.__dict__, "csim": csim_info(embedder, csim_reason), "persons": {}}
     interrupted = False
     for tg in targets:
+        est = estimate_seconds(model, tg, cfg)
+        steps = f"{cfg.iters} steps" + (f" + {cfg.finetune_iters} fine-tuning steps" if cfg.finetune_iters else "")
+        when = f"{est / 60:.1f} min" if est >= 90 else f"{est:.0f} s"
+        print(f"fitting {tg.person}: {len(tg)} frame(s), {steps}, about {when} on this machine now", flush=True)
         res = fit_person(model, tg, cfg, vgg=vgg, progress=not args.no_progress, metrics_vgg=lpips_vgg,
                          csim_embedder=embedder)
         results.append(res)
@@ -136,6 +152,16 @@ def run(args):
         json.dump(report, f, indent=1)
     print(f"wrote {args.out}/codes.safetensors, identity_*.safetensors, fit_*.png, loss_*.png, metrics.json")
     return 130 if interrupted else 0
+
+
+def _frame_list(spec: str) -> list[int]:
+    try:
+        rows = [int(t) for t in spec.replace(" ", "").split(",") if t != ""]
+    except ValueError:
+        raise DgnerfError(f"--frames: expected comma-separated frame positions such as 0 or 0,3,5, got {spec!r}") from None
+    if not rows or any(r < 0 for r in rows) or len(set(rows)) != len(rows):
+        raise DgnerfError(f"--frames: expected distinct frame positions >= 0, got {spec!r}")
+    return rows
 
 
 def register(sub):

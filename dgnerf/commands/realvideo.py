@@ -33,6 +33,9 @@ def register(sub):
     p.add_argument("--person", default=None, help="person id (default: the dataset's only person)")
     p.add_argument("--train-frames", default=d.train_frames, help=f"frame indices to train on (default {d.train_frames})")
     p.add_argument("--test-frames", default=d.test_frames, help=f"held-out frame indices (default {d.test_frames})")
+    p.add_argument("--val-frames", default=d.val_frames,
+                   help="frames kept out of training to choose the checkpoint by (best masked PSNR on them); "
+                        "default: none, the last checkpoint is scored")
     p.add_argument("--identity", choices=["mean", "frame"], default=d.identity,
                    help="mean: every frame gets the training frames' mean identity code (default); frame: per-frame codes")
     p.add_argument("--expression-components", type=int, default=d.expression_components, metavar="K",
@@ -43,7 +46,8 @@ def register(sub):
     p.add_argument("--lr-final", type=float, default=d.lr_final)
     p.add_argument("--lambda-perceptual", type=float, default=d.lambda_perceptual, help="VGG16 loss weight (default 0)")
     p.add_argument("--background-weight", type=float, default=d.background_weight,
-                   help="L2 weight outside the head mask (default 0: the real background is not modelled)")
+                   help="L2 weight outside the head mask (default: 1 when the dataset records a known background "
+                        "colour, else 0: a real background is not modelled)")
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
                    help="all these checkpoints are kept; the report traces held-out error over them")
     p.add_argument("--model", type=json_object, default=None,
@@ -60,7 +64,8 @@ def register(sub):
 
 
 # The check (dgnerf.apps.realvideo) names its settings by their RealVideoConfig fields; the user typed flags.
-FIELD_FLAGS = {"train_frames": "--train-frames", "test_frames": "--test-frames", "expression_components":
+FIELD_FLAGS = {"train_frames": "--train-frames", "test_frames": "--test-frames", "val_frames": "--val-frames",
+               "expression_components":
                "--expression-components", "identity": "--identity", "person": "--person", "out": "--out", "data": "DATA"}
 
 
@@ -92,13 +97,15 @@ def config_from_args(args):
     resolve_device(args.device)
     parse_frames(args.train_frames, "--train-frames")
     parse_frames(args.test_frames, "--test-frames")
+    if args.val_frames.strip():
+        parse_frames(args.val_frames, "--val-frames")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise DgnerfError(f"--out {args.out!r}: exists and is not a directory")
     model = dict(REALVIDEO_MODEL)
     model.update(args.model or {})
     check_model_overrides(model, "--model")
     return RealVideoConfig(data=args.data, out=args.out, person=args.person, train_frames=args.train_frames,
-                           test_frames=args.test_frames, identity=args.identity,
+                           test_frames=args.test_frames, val_frames=args.val_frames, identity=args.identity,
                            expression_components=args.expression_components, model=model, steps=args.steps,
                            batch_size=args.batch_size, lr=args.lr, lr_final=args.lr_final,
                            lambda_perceptual=args.lambda_perceptual, background_weight=args.background_weight,

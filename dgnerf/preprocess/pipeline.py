@@ -283,6 +283,12 @@ def _load_basis(path: str) -> ExpressionBasis:
     return b
 
 
+def load_expression_basis(path: str) -> ExpressionBasis:
+    """The basis to project new frames into (a dataset directory or its expression_basis.safetensors), keeping only
+    the components a model trained on it saw (as `--expression-basis` does; used by live driving)."""
+    return _load_basis(path)
+
+
 def track_source(src: Source, report: SourceReport, opts: Options, faces_fn, geometry, tqdm=None) -> list[Frame]:
     """Pass 1: landmarks, selection, raw PnP. Never raises for a bad frame."""
     verts = np.asarray(geometry["vertices"], np.float64)
