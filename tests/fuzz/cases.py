@@ -121,7 +121,7 @@ FIT_FLAGS = {
     "--lr-identity": float_domain(0), "--lr-expression": float_domain(0), "--lr-rotation": float_domain(0),
     "--lr-translation": float_domain(0), "--lr-decay": float_domain(0, 1, lo_open=True), "--reg-identity": float_domain(0),
     "--reg-expression": float_domain(0), "--reg-pose": float_domain(0), "--finetune-iters": int_domain(0, 10**7),
-    "--finetune-lr": float_domain(0), "--batch": int_domain(1), "--max-frames": int_domain(1),
+    "--finetune-lr": float_domain(0), "--batch": int_domain(1), "--max-frames": int_domain(0),
 }
 
 
@@ -218,6 +218,10 @@ def commands(w) -> dict:
         "assets": (["assets", "fetch", "--only", "nosuch-asset"], {}, [], {"always_bad": True}),
         "info": (["info"], {}, [], {}),
         "demo": (["demo", "--size", "nosuch"], {}, [], {"parser_only": True}),
+        # the viewer serves until stopped: only inputs it must refuse before it serves are generated
+        "view": (["view", c, "--data", d, "--no-live", "--port", "0", "--device", "cpu", "--host", "0.0.0.0"],
+                 {"--port": int_domain(0, 65535), "--components": int_domain(1, 64), "--threads": int_domain(1, 1024),
+                  "--preview-size": int_domain(1, 8)}, [], {"always_bad": True}),
         "dataset-identity": (["render", "--checkpoint", c, "--identity", f"{d}:p0001", "--out", "r.png", "--device", "cpu"],
                              {"--identity": pred_domain(lambda t: False, [f"{d}:nobody", f"{d}:", "random:x", "random:-1",
                                                                           f"random:{2**64}", "zeros:1", ":p0000"])},
@@ -292,10 +296,22 @@ def cli_case(rng: random.Random, w) -> Case:
     if opts.get("always_bad") or opts.get("parser_only"):
         kind = rng.choice(["as_is", "unknown_flag", "extra_positional"]) if not opts.get("parser_only") else rng.choice(
             ["as_is", "bad_int", "bad_float", "unknown_flag"])
+        if name == "view" and kind != "as_is":
+            kind = "value"
         if name == "demo":
             argv, tok = {"as_is": (base, ["--size"]), "bad_int": (["demo", "--seed=" + rng.choice(["x", "1.5", ""])], ["--seed"]),
                          "bad_float": (["demo", "--lambda-perceptual=" + rng.choice(["x", "", "1,0"])], ["--lambda-perceptual"]),
                          "unknown_flag": (["demo", "--bogus-" + rng.choice(UNICODE + ["x"])], ["--bogus"])}[kind]
+        elif name == "view":
+            # the base serves on 0.0.0.0 without --allow-remote: refused; or a value outside a flag's range
+            flag = rng.choice(["--host"] + sorted(flags))
+            if flag == "--host":
+                argv, tok = base, ["--host", "--allow-remote"]
+            else:
+                ok = flags[flag][1]
+                value = rng.choice([v for v in INT_POOL if not ok(v)])
+                argv, tok = _set_flag(base[:-2], flag, value), [flag]
+            kind = f"{flag}"
         elif name == "assets":
             argv, tok = {"as_is": (["assets", "fetch", "--only", rng.choice(UNICODE + ["nosuch", "", "VGG16"])], ["--only"]),
                          "unknown_flag": (["assets", "fetch", "--bogus"], ["--bogus"]),
