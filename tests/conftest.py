@@ -1,3 +1,4 @@
+import os
 import zlib
 
 import pytest
@@ -21,6 +22,17 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
         return float("inf")
     return float(torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b).clamp_min(1e-300))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `long` (the fuzz campaign's long run, the 20-kill training run) run only when asked for:
+    `pytest -m long` (or any -m expression naming it) or DGNERF_LONG=1; the normal suite runs their quick slices."""
+    if "long" in (config.getoption("-m") or "") or os.environ.get("DGNERF_LONG") == "1":
+        return
+    skip = pytest.mark.skip(reason="long run: select it with `pytest -m long` (or DGNERF_LONG=1), see scripts/fuzz.sh")
+    for item in items:
+        if "long" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True)

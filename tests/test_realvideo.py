@@ -167,7 +167,7 @@ def test_bad_input(video_set, tmp_path, capsys):
     args[args.index("10-13")] = "10-19"
     assert f"asks for frame 19 but the person has {N_FRAMES} frames" in err(args)
     assert "'nobody' is not in the dataset" in err(_args(video_set, tmp_path / "o4", "--person", "nobody"))
-    assert "expression_components" in err(_args(video_set, tmp_path / "o5", "--expression-components", "99"))
+    assert "--expression-components: expected 0 (all)" in err(_args(video_set, tmp_path / "o5", "--expression-components", "99"))
     assert "no checkpoint" in err(_args(video_set, tmp_path / "o6", "--eval-only"))
 
 

@@ -12,18 +12,29 @@ driver's head is seen.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
 
-from dgnerf.apps.fit import is_dataset, parse_source, preprocess_inputs, targets_from_dataset
-from dgnerf.codes import load_identity
+from dgnerf.apps.fit import is_dataset, preprocess_inputs, targets_from_dataset
+from dgnerf.apps.fit import parse_source as _parse_source
+from dgnerf.codes import load_code, load_identity
 from dgnerf.data import HeadDataset
 from dgnerf.errors import DgnerfError
 from dgnerf.media import to_uint8
 from dgnerf.model import RenderOptions
+from dgnerf.preprocess.sources import IMAGE_EXT, VIDEO_EXT, is_image_file
 
-VIDEO_EXTS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
+VIDEO_EXTS = tuple(sorted(VIDEO_EXT))
+
+
+def parse_source(spec: str, flag: str) -> tuple[str, str | None]:
+    """'DIR' or 'DIR:person' (apps.fit.parse_source), its errors naming `flag`."""
+    try:
+        return _parse_source(spec)
+    except DgnerfError as e:
+        raise DgnerfError(f"{flag} {e}") from None
 
 
 @dataclass
@@ -56,50 +67,87 @@ def driver_from_dataset(root: str, cfg, person: str | None = None, split: str | 
                   None if tg.gaze is None else tg.gaze[:n])
 
 
-def target_identity(spec: str, cfg) -> tuple[torch.Tensor, str]:
+def dataset_identity(root: str, person: str | None, cfg, flag: str, spec: str) -> tuple[torch.Tensor, str]:
+    """The mean identity code [1, I] of one person of a dataset (person None: its only person)."""
+    ds = HeadDataset(root, check="none")
+    if ds.identity_dim != cfg.identity_dim:
+        raise DgnerfError(f"{flag} {spec!r}: identity codes are {ds.identity_dim}-d, the checkpoint expects {cfg.identity_dim}")
+    if person is None:
+        if len(ds.persons) != 1:
+            raise DgnerfError(f"{flag} {spec!r}: the dataset holds {len(ds.persons)} persons; pick one with "
+                              f"DATASET:PERSON (one of {ds.persons[:8]}{'...' if len(ds.persons) > 8 else ''})")
+        person = ds.persons[0]
+    rows = [j for j, f in enumerate(ds.frames) if f.person == person]
+    if not rows:
+        raise DgnerfError(f"{flag} {spec!r}: no person {person!r} in {root} (it has {ds.persons[:8]}"
+                          f"{'...' if len(ds.persons) > 8 else ''})")
+    z = ds.arrays["identity"][rows].mean(0, keepdim=True)
+    if not bool(torch.isfinite(z).all()):
+        raise DgnerfError(f"{flag} {spec!r}: the dataset's identity codes of {person!r} contain NaN/Inf values "
+                          f"(`dgnerf dataset check {root}`)")
+    return z, f"{root}:{person}"
+
+
+def identity_spec(spec: str, cfg, flag: str = "--identity") -> torch.Tensor:
+    """An identity code [1, I] from what `dgnerf render --identity` takes: a code file, DATASET:PERSON (the
+    person's mean code, as `drive --target` reads it), zeros or random[:SEED]. Errors name `flag`."""
+    if spec in ("zeros", "random") or spec.startswith("random:"):
+        return load_code(spec, cfg.identity_dim, "identity", flag=flag)
+    root, person = parse_source(spec, flag)
+    if is_dataset(root):
+        return dataset_identity(root, person, cfg, flag, spec)[0]
+    if person is not None:
+        raise DgnerfError(f"{flag} {spec!r}: ':{person}' selects a person of a dataset, but {root!r} is not one "
+                          "(no manifest.json)")
+    return load_identity(root, cfg.identity_dim, flag=flag)
+
+
+def is_media(path: str) -> bool:
+    """A video or a still image (by extension; a still with an unusual extension by its header), i.e. something
+    to run the encoders on rather than a code file."""
+    ext = os.path.splitext(path)[1].lower()
+    if ext in VIDEO_EXT or ext in IMAGE_EXT:
+        return True
+    if ext in (".npy", ".txt", ".safetensors"):
+        return False
+    return is_image_file(path)
+
+
+def target_identity(spec: str, cfg, flag: str = "--target") -> tuple[torch.Tensor, str]:
     """--target: a code file (fit's identity_<person>.safetensors / codes.safetensors of one person, or any
     file `dgnerf render --identity` reads), DATASET:person (mean of the person's identity codes), or an image
-    folder / video of the target (preprocessed here: the identity encoder's mean code; needs the preprocess
-    extra) -> ([1, I], description)."""
-    import os
-
-    root, person = parse_source(spec)
+    folder / a photo / a video of the target (preprocessed here: the identity encoder's mean code; needs the
+    preprocess extra) -> ([1, I], description). Errors name `flag`."""
+    root, person = parse_source(spec, flag)
     if is_dataset(root):
-        ds = HeadDataset(root, check="none")
-        if ds.identity_dim != cfg.identity_dim:
-            raise DgnerfError(f"--target {spec!r}: identity codes are {ds.identity_dim}-d, the checkpoint expects {cfg.identity_dim}")
-        if person is None:
-            if len(ds.persons) != 1:
-                raise DgnerfError(f"--target {spec!r}: the dataset holds {len(ds.persons)} persons; pick one with "
-                                  f"DATASET:PERSON (one of {ds.persons[:8]}{'...' if len(ds.persons) > 8 else ''})")
-            person = ds.persons[0]
-        rows = [j for j, f in enumerate(ds.frames) if f.person == person]
-        if not rows:
-            raise DgnerfError(f"--target {spec!r}: no person {person!r} in {root} (it has {ds.persons[:8]}"
-                              f"{'...' if len(ds.persons) > 8 else ''})")
-        return ds.arrays["identity"][rows].mean(0, keepdim=True), f"{root}:{person}"
+        return dataset_identity(root, person, cfg, flag, spec)
     if person is not None:
-        raise DgnerfError(f"--target {spec!r}: ':{person}' selects a person of a dataset, but {root!r} is not one "
+        raise DgnerfError(f"{flag} {spec!r}: ':{person}' selects a person of a dataset, but {root!r} is not one "
                           "(no manifest.json)")
     if not os.path.exists(root):
-        raise DgnerfError(f"--target {spec!r}: no such file or directory (expected a code file, DATASET:PERSON, "
-                          "an image folder or a video)")
-    if os.path.isdir(root) or os.path.splitext(root)[1].lower() in VIDEO_EXTS:
+        raise DgnerfError(f"{flag} {spec!r}: no such file or directory (expected a code file, DATASET:PERSON, "
+                          "an image folder, a photo or a video)")
+    if os.path.isdir(root) or is_media(root):
         # photos or a video of the target: the identity encoder's mean code over its frames (no fitting)
         import tempfile
 
         with tempfile.TemporaryDirectory(prefix="dgnerf-target-") as td:
             pre = preprocess_inputs([root], os.path.join(td, "target"), None, resolution=max(64, cfg.image_size),
-                                    require_basis=False, what="--target")
+                                    require_basis=False, what=flag)
             ds = HeadDataset(pre, check="none")
             return ds.arrays["identity"].mean(0, keepdim=True), f"{root} (encoder)"
-    return load_identity(root, cfg.identity_dim), root
+    return load_identity(root, cfg.identity_dim, flag=flag), root
 
 
 @torch.no_grad()
 def drive_frames(model, z: torch.Tensor, driver: Driver, batch: int = 8, path: str = "fast", progress: bool = False,
                  scale: int = 1) -> list:
     """Side-by-side frames [S*scale, 2*S*scale (+gap), 3] uint8: driver | result."""
+    # checked before the first frame: a bad value would otherwise fail deep in numpy, after the progress bar
+    if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
+        raise DgnerfError(f"scale: expected an integer >= 1, got {scale!r}")
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise DgnerfError(f"batch: expected an integer >= 1, got {batch!r}")
     import numpy as np
     from tqdm import tqdm
 

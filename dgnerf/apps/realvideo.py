@@ -92,6 +92,9 @@ class RealVideoConfig:
 
 
 # ---------------------------------------------------------------------------------------------------- frames
+MAX_FRAME_INDEX = 10_000_000
+
+
 def parse_frames(spec: str, name: str = "frames") -> list[int]:
     """'0-99' -> [0..99]; '0-9,20,30-31' -> [0..9, 20, 30, 31] (inclusive ranges, order kept, no repeats)."""
     if not isinstance(spec, str) or not spec.strip():
@@ -108,6 +111,8 @@ def parse_frames(spec: str, name: str = "frames") -> list[int]:
             raise DgnerfError(f"{name}: {part!r} in {spec!r} is not an index or a range 'A-B'") from None
         if a < 0 or b < a:
             raise DgnerfError(f"{name}: range {part!r} must be 'A-B' with 0 <= A <= B")
+        if b >= MAX_FRAME_INDEX:  # the list is built: an absurd index must not ask for gigabytes first
+            raise DgnerfError(f"{name}: frame index {b} in {spec!r} is beyond any video ({MAX_FRAME_INDEX} frames)")
         out.extend(range(a, b + 1))
     if len(set(out)) != len(out):
         raise DgnerfError(f"{name}: {spec!r} names a frame twice")

@@ -1,10 +1,17 @@
 """`dgnerf dataset check DIR` and `dgnerf dataset build-synthetic --out DIR --size ... --seed N`."""
 from __future__ import annotations
 
+import os
 import sys
+import time
 
+from dgnerf.commands._common import check_int, check_seed, removed_on_error, resolve_device
 from dgnerf.data.format import check_dataset, read_manifest
-from dgnerf.data.synthetic import build_synthetic_dataset
+from dgnerf.data.synthetic import SIZES, build_synthetic_dataset
+from dgnerf.errors import DgnerfError
+
+MAX_PERSONS = 100_000
+MAX_FRAMES = 10_000_000  # persons x frames per person
 
 
 def register(sub):
@@ -19,7 +26,7 @@ def register(sub):
 
     b = dsub.add_parser("build-synthetic", help="generate the built-in procedural multi-identity head set")
     b.add_argument("--out", required=True, help="output dataset directory")
-    b.add_argument("--size", default="small", help="tiny | small | medium | large (default small)")
+    b.add_argument("--size", default="small", choices=list(SIZES), help="tiny | small | medium | large (default small)")
     b.add_argument("--seed", type=int, default=0, help="seed: the same seed gives the same bytes")
     b.add_argument("--resolution", type=int, default=None, help="image size in pixels (default: per size)")
     b.add_argument("--persons", type=int, default=None, help="override the number of people")
@@ -42,6 +49,11 @@ def register(sub):
 
 
 def run_check(args):
+    # what the path is, said plainly, before the dataset's own problems are listed
+    if not os.path.exists(args.dir):
+        raise DgnerfError(f"{args.dir!r}: no such directory (a dataset is a directory holding manifest.json)")
+    if not os.path.isdir(args.dir):
+        raise DgnerfError(f"{args.dir!r}: is a file, not a dataset (a dataset is a directory holding manifest.json)")
     problems = check_dataset(args.dir, level=args.level, progress=sys.stderr.isatty())
     if problems:
         for line in problems:
@@ -63,11 +75,44 @@ def run_check(args):
     return 0
 
 
-def run_build(args):
-    import time
+def check_build_flags(args):
+    check_seed(args.seed)
+    check_int(args.resolution, "--resolution", 8, 2048, "image size in pixels")
+    check_int(args.persons, "--persons", 1, MAX_PERSONS, "people")
+    check_int(args.frames_per_person, "--frames-per-person", 1, MAX_FRAMES, "frames")
+    pre = SIZES[args.size]
+    persons = pre.persons if args.persons is None else args.persons
+    frames = pre.frames_per_person if args.frames_per_person is None else args.frames_per_person
+    if persons * frames > MAX_FRAMES:
+        raise DgnerfError(f"--persons x --frames-per-person: {persons * frames} frames, at most {MAX_FRAMES}")
+    check_int(args.test_persons, "--test-persons", 0, persons - 1,
+              f"a number of held-out people (someone must train: {persons} people)")
+    check_int(args.supersample, "--supersample", 1, 8, "rays per pixel side")
+    check_int(args.workers, "--workers", 0, 1024, "processes, 0 = one per core")
+    resolve_device(args.device)
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise DgnerfError(f"--out {args.out!r}: exists and is not a directory")
+    if os.path.isdir(args.out) and os.listdir(args.out) and not args.overwrite:
+        raise DgnerfError(f"--out {args.out!r}: directory is not empty (pass --overwrite to replace a dataset)")
 
+
+def run_build(args):
+    check_build_flags(args)
     t0 = time.perf_counter()
-    info = build_synthetic_dataset(
+    with removed_on_error(args.out):
+        info = _build(args)
+    dt = time.perf_counter() - t0
+    print(
+        f"{args.out}: {info['num_frames']} frames of {info['num_persons']} persons "
+        f"({info['num_test_persons']} held out for test) at {info['resolution']}px in {dt:.1f} s"
+    )
+    if info.get("preview"):
+        print(f"preview: {info['preview']}")
+    return 0
+
+
+def _build(args):
+    return build_synthetic_dataset(
         args.out,
         size=args.size,
         seed=args.seed,
@@ -84,11 +129,3 @@ def run_build(args):
         overwrite=args.overwrite,
         progress=True,
     )
-    dt = time.perf_counter() - t0
-    print(
-        f"{args.out}: {info['num_frames']} frames of {info['num_persons']} persons "
-        f"({info['num_test_persons']} held out for test) at {info['resolution']}px in {dt:.1f} s"
-    )
-    if info.get("preview"):
-        print(f"preview: {info['preview']}")
-    return 0

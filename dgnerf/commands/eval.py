@@ -9,36 +9,97 @@ import os
 
 from dgnerf.apps.ablation import IdentityVariant, check_same_frames, identity_kind, run_state, train_like
 from dgnerf.apps.evaluate import _train_steps, evaluate
-from dgnerf.commands._common import load_model, vggs
+from dgnerf.commands._common import (
+    check_dataset_dir,
+    removed_on_error,
+    check_int,
+    check_number,
+    load_model,
+    resolve_device,
+    vgg_missing,
+    vggs,
+)
 from dgnerf.commands.fit import add_fit_arguments, fit_config
+from dgnerf.data import HeadDataset
 from dgnerf.errors import DgnerfError
 from dgnerf.metrics import csim_embedder
 
+MAX_ITERS = 10_000_000  # fitting steps per person: more would never end
+
+
+def check_split(args) -> list[str] | None:
+    """--split and --persons against the dataset, before anything is loaded or printed (-> the persons or None)."""
+    try:
+        ds = HeadDataset(args.dataset, check="none")
+    except DgnerfError as e:
+        raise DgnerfError(f"--dataset {args.dataset!r}: {e}") from None
+    splits = sorted(set(ds.person_splits.values()))
+    if args.split not in splits:
+        raise DgnerfError(f"--split {args.split!r}: the dataset {args.dataset} has splits {splits}; eval needs held-out "
+                          "people (the 'test' split of the built-in set)")
+    if args.persons is None:
+        return None
+    persons = [p for p in args.persons.split(",") if p]
+    have = [p for p in ds.persons if ds.person_splits[p] == args.split]
+    if not persons:
+        raise DgnerfError(f"--persons {args.persons!r}: expected comma-separated person ids of split {args.split!r}")
+    missing = [p for p in persons if p not in have]
+    if missing:
+        raise DgnerfError(f"--persons: {missing} not in split {args.split!r} of {args.dataset} (it has "
+                          f"{have[:12]}{'...' if len(have) > 12 else ''})")
+    return persons
+
 
 def run(args):
+    # every flag before the model, the VGG and the face encoder are loaded (they print what they skip)
+    check_fit_flags(args)
     cfg = fit_config(args)
-    if not os.path.isfile(os.path.join(args.dataset, "manifest.json")):
-        raise DgnerfError(f"--dataset {args.dataset!r}: not a dgnerf dataset (no manifest.json)")
+    check_int(args.max_frames, "--max-frames", 0, what="0 = all")
+    check_number(args.ablation_lambda, "--ablation-lambda", 0, lo_open=True, what="perceptual weight")
+    check_int(args.ablation_identity_steps, "--ablation-identity-steps", 1)
+    check_dataset_dir(args.dataset)
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise DgnerfError(f"--out {args.out!r}: exists and is not a directory")
+    persons = check_split(args)
+    resolve_device(args.device)
+    need_vgg = cfg.lambda_perceptual > 0 or args.ablation_lambda is not None
+    if need_vgg:
+        flag = "--lambda-perceptual" if cfg.lambda_perceptual > 0 else "--ablation-lambda"
+        msg = vgg_missing(flag)
+        if msg:
+            raise DgnerfError(msg)
     model = load_model(args.checkpoint, args.device)
-    vgg, lpips_vgg = vggs(args, cfg.lambda_perceptual > 0 or args.ablation_lambda is not None)
+    vgg, lpips_vgg = vggs(args, need_vgg)
     dev = next(model.parameters()).device
     vgg = vgg.to(dev) if vgg is not None else None
     lpips_vgg = lpips_vgg.to(dev) if lpips_vgg is not None else None
-    persons = [p for p in args.persons.split(",") if p] if args.persons else None
-    other = identity_variant(args, dev)
-    embedder, reason = csim_embedder(not args.no_csim)
-    rep = evaluate(model, args.dataset, args.out, split=args.split, persons=persons, cfg=cfg, max_frames=args.max_frames or None,
-                   vgg=vgg, lpips_vgg=lpips_vgg, ablation_lambda=args.ablation_lambda,
-                   checkpoint=os.path.abspath(args.checkpoint), progress=not args.no_progress, csim_embedder=embedder,
-                   csim_reason=reason, ablation_identity=other)
+    with removed_on_error(args.out):  # a failed evaluation leaves no half-written --out it created
+        other = identity_variant(args, dev)
+        embedder, reason = csim_embedder(not args.no_csim)
+        rep = evaluate(model, args.dataset, args.out, split=args.split, persons=persons, cfg=cfg,
+                       max_frames=args.max_frames or None, vgg=vgg, lpips_vgg=lpips_vgg,
+                       ablation_lambda=args.ablation_lambda, checkpoint=os.path.abspath(args.checkpoint),
+                       progress=not args.no_progress, csim_embedder=embedder, csim_reason=reason,
+                       ablation_identity=other)
     a, b = rep["overall"]["encoder_only"], rep["overall"]["fitted"]
     print(f"overall ({rep['frames']} frames): " + ", ".join(f"{k} {a[k]:.4g} -> {b[k]:.4g}" for k in sorted(b)))
     print(f"wrote {args.out}/table2.md, metrics.json, eval_overview.png, eval_<person>.png" +
           (", table1_ablation.md" if "ablation" in rep else "") +
           (", table1_identity.md, ablation_identity.png" if "ablation_identity" in rep else ""))
     return 130 if rep["interrupted"] else 0
+
+
+def check_fit_flags(args) -> None:
+    """The fitting flags eval shares with fit, each named as typed (the fit config names some by its fields)."""
+    check_int(args.iters, "--iters", 0, MAX_ITERS)
+    check_int(args.finetune_iters, "--finetune-iters", 0, MAX_ITERS)
+    if args.iters + args.finetune_iters == 0:
+        raise DgnerfError("--iters and --finetune-iters are both 0: nothing to fit")
+    for flag in ("lambda_perceptual", "lr_identity", "lr_expression", "lr_rotation", "lr_translation", "reg_identity",
+                 "reg_expression", "reg_pose", "finetune_lr"):
+        check_number(getattr(args, flag), "--" + flag.replace("_", "-"), 0)
+    check_number(args.lr_decay, "--lr-decay", 0, 1, lo_open=True)
+    check_int(args.batch, "--batch", 1)
 
 
 def identity_variant(args, device):

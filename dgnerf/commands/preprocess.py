@@ -1,10 +1,14 @@
-"""`dgnerf preprocess VIDEO_OR_IMAGE_DIR... --out DATASET`: real videos -> a training set (docs/preprocess.md);
+"""`dgnerf preprocess VIDEO_OR_IMAGES... --out DATASET`: real videos, image folders or photos -> a training set
+(docs/preprocess.md);
 `dgnerf preprocess import ...`: a user's own tracking results (3DMM coefficients + poses) -> a dataset."""
+import os
 import sys
 
+from dgnerf.commands._common import check_int, check_number, removed_on_error, topmost_missing
 from dgnerf.errors import DgnerfError
 from dgnerf.preprocess.importer import import_tracking
 from dgnerf.preprocess.pipeline import Options, run
+from dgnerf.preprocess.sources import parse_face
 
 
 def register(sub):
@@ -14,7 +18,9 @@ def register(sub):
         description="Turn videos or image folders (one person each) into a dgnerf dataset. "
         "`dgnerf preprocess import --help` imports your own tracker's results instead.",
     )
-    p.add_argument("inputs", nargs="+", metavar="VIDEO_OR_IMAGE_DIR")
+    p.add_argument("inputs", nargs="+", metavar="VIDEO_OR_IMAGES",
+                   help="videos, folders of photos, or single photos (.jpg, .png, .ppm, .tif, .webp, ...): one person each, "
+                        "named after the file or folder")
     p.add_argument("--out", required=True, metavar="DATASET", help="output dataset directory")
     p.add_argument("--resolution", type=int, default=256, help="square crop size in pixels (default 256)")
     p.add_argument("--preview", action="store_true", help="write DATASET/preview.png: landmarks, pose axes and masks")
@@ -23,7 +29,11 @@ def register(sub):
     p.add_argument("--expression-basis", metavar="DATASET_OR_FILE", help="project into this existing basis instead of building one")
     p.add_argument("--expression-dim", type=int, default=46, help="components of a new basis (default 46)")
     p.add_argument("--fov", type=float, default=50.0, help="assumed field of view across the longer image side, degrees (default 50)")
-    p.add_argument("--smooth", type=float, default=1.0, help="temporal pose smoothing sigma in frames (0 = off; default 1)")
+    p.add_argument("--smooth", type=float, default=1.0,
+                   help="temporal pose smoothing of videos, sigma in frames (0 = off; default 1; photos are never smoothed)")
+    p.add_argument("--face", default="auto", metavar="auto|largest|N",
+                   help="which face is the person when a picture shows several: auto (default: the largest once it is "
+                        "clearly the largest), largest, or N = the N-th face from the left (0 = leftmost)")
     p.add_argument("--split", default="train", help="split of these persons (train, val, test; default train)")
     p.add_argument("--max-frames", type=int, default=None, help="use at most this many frames per input")
     p.add_argument("--stride", type=int, default=1, help="use every STRIDE-th frame")
@@ -42,8 +52,12 @@ def _run(args):
             raise DgnerfError(f"preprocess import: unexpected arguments {args.inputs[1:]}; give the file with --tracking")
         if not args.tracking:
             raise DgnerfError("preprocess import: --tracking TRACK.json (or .npz) is required")
+        check_int(args.resolution, "--resolution", 16, 4096, "crop size in pixels")
+        check_number(args.head_radius, "--head-radius", 0, 1e6, lo_open=True, what="radius")
 
-        res = import_tracking(args.tracking, args.out, args.resolution, args.head_radius, args.full_masks, args.overwrite)
+        with removed_on_error(topmost_missing(args.out)):
+            res = import_tracking(args.tracking, args.out, args.resolution, args.head_radius, args.full_masks,
+                                  args.overwrite)
         return 0 if res["kept"] else 1
     if args.tracking:
         raise DgnerfError("--tracking belongs to `dgnerf preprocess import`")
@@ -54,6 +68,17 @@ def _run(args):
         raise DgnerfError(f"--max-frames: expected >= 1, got {args.max_frames}")
     if not (1 <= args.expression_dim <= 1404):
         raise DgnerfError(f"--expression-dim: expected 1..1404, got {args.expression_dim}")
+    if args.expression_basis is not None and not args.expression_basis.strip():
+        raise DgnerfError("--expression-basis: empty path (a dataset directory or an expression_basis.safetensors)")
+    if args.adaface is not None and args.identity != "adaface":
+        raise DgnerfError(f"--adaface {args.adaface}: only used with --identity adaface")
+    if args.identity == "adaface":
+        if not args.adaface:
+            raise DgnerfError("--identity adaface needs --adaface CHECKPOINT.safetensors (AdaFace IR weights)")
+        if not os.path.isfile(args.adaface):
+            raise DgnerfError(f"--adaface {args.adaface!r}: no such file (AdaFace IR weights, .safetensors)")
+    if not args.split or not args.split.isprintable() or "/" in args.split:
+        raise DgnerfError(f"--split: expected a split name like train, val or test, got {args.split!r}")
     opts = Options(
         resolution=args.resolution,
         fov_deg=args.fov,
@@ -65,11 +90,14 @@ def _run(args):
         identity=args.identity,
         adaface=args.adaface,
         expression_basis=args.expression_basis,
+        face=parse_face(args.face),
         preview=args.preview,
         overwrite=args.overwrite,
         progress=not args.no_progress and sys.stderr.isatty(),
     )
-    summary = run(args.inputs, args.out, opts)
+    # a run that fails (nothing usable, Ctrl-C, a full disk) leaves no half-written dataset it created
+    with removed_on_error(topmost_missing(args.out)):
+        summary = run(args.inputs, args.out, opts)
     print(summary.format())
     return 0
 

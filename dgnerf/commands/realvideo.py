@@ -6,8 +6,18 @@ OUT/heldout.png, OUT/train_frames.png and OUT/curve.png (masked L1/PSNR/SSIM/LPI
 from __future__ import annotations
 
 import json
+import os
+import re
 
-from dgnerf.apps.realvideo import REALVIDEO_MODEL, RealVideoConfig, run_check
+from dgnerf.apps.realvideo import REALVIDEO_MODEL, RealVideoConfig, parse_frames, run_check
+from dgnerf.commands._common import (
+    check_model_overrides,
+    check_number,
+    check_seed,
+    json_object,
+    removed_on_error,
+    resolve_device,
+)
 from dgnerf.errors import DgnerfError
 
 
@@ -40,7 +50,7 @@ def register(sub):
                         "colour, else 0: a real background is not modelled)")
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
                    help="all these checkpoints are kept; the report traces held-out error over them")
-    p.add_argument("--model", type=json.loads, default=None,
+    p.add_argument("--model", type=json_object, default=None,
                    help=f"HeadConfig fields as JSON (default {json.dumps(REALVIDEO_MODEL)})")
     p.add_argument("--max-minutes", type=float, default=None, help="stop training after this wall time (checkpointed)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -53,16 +63,47 @@ def register(sub):
     p.set_defaults(func=run)
 
 
+# The check (dgnerf.apps.realvideo) names its settings by their RealVideoConfig fields; the user typed flags.
+FIELD_FLAGS = {"train_frames": "--train-frames", "test_frames": "--test-frames", "val_frames": "--val-frames",
+               "expression_components":
+               "--expression-components", "identity": "--identity", "person": "--person", "out": "--out", "data": "DATA"}
+
+
+def flag_named(text: str) -> str:
+    """The check's message with a leading field name (and fields named inside it) as the flags the user typed."""
+    m = re.match(r"(\w+)( and (\w+))?:", text)
+    if m and m.group(1) in FIELD_FLAGS:
+        head = FIELD_FLAGS[m.group(1)] + (f" and {FIELD_FLAGS.get(m.group(3), m.group(3))}" if m.group(3) else "")
+        text = head + text[m.end(0) - 1:]
+    return text
+
+
 def config_from_args(args):
     for name in ("steps", "batch_size", "checkpoint_every"):
         if getattr(args, name) < 1:
             raise DgnerfError(f"--{name.replace('_', '-')}: expected a positive integer, got {getattr(args, name)}")
-    if args.threads is not None and args.threads < 1:
-        raise DgnerfError(f"--threads: expected a positive integer, got {args.threads}")
+    if args.threads is not None and not 1 <= args.threads <= 1024:
+        raise DgnerfError(f"--threads: expected an integer >= 1 and <= 1024, got {args.threads}")
     if args.model is not None and not isinstance(args.model, dict):
         raise DgnerfError(f"--model: expected a JSON object of HeadConfig fields, got {args.model!r}")
+    for flag, v, lo_open in (("--lr", args.lr, True), ("--lr-final", args.lr_final, True),
+                             ("--lambda-perceptual", args.lambda_perceptual, False),
+                             ("--background-weight", args.background_weight, False)):
+        check_number(v, flag, 0, 1e9, lo_open=lo_open)
+    check_number(args.max_minutes, "--max-minutes", 0, 1e9, lo_open=True, what="number of minutes")
+    if args.expression_components < 0:
+        raise DgnerfError(f"--expression-components: expected an integer >= 0 (0 = all), got {args.expression_components}")
+    check_seed(args.seed)
+    resolve_device(args.device)
+    parse_frames(args.train_frames, "--train-frames")
+    parse_frames(args.test_frames, "--test-frames")
+    if args.val_frames.strip():
+        parse_frames(args.val_frames, "--val-frames")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise DgnerfError(f"--out {args.out!r}: exists and is not a directory")
     model = dict(REALVIDEO_MODEL)
     model.update(args.model or {})
+    check_model_overrides(model, "--model")
     return RealVideoConfig(data=args.data, out=args.out, person=args.person, train_frames=args.train_frames,
                            test_frames=args.test_frames, val_frames=args.val_frames, identity=args.identity,
                            expression_components=args.expression_components, model=model, steps=args.steps,
@@ -80,7 +121,10 @@ def run(args):
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     try:
-        rep = run_check(cfg, resume=args.resume, eval_only=args.eval_only)
+        with removed_on_error(args.out):
+            rep = run_check(cfg, resume=args.resume, eval_only=args.eval_only)
+    except DgnerfError as e:
+        raise DgnerfError(flag_named(str(e))) from None
     finally:
         torch.set_num_threads(threads)  # in-process callers (tests, notebooks) keep their thread count
     m = rep["metrics"]

@@ -27,8 +27,8 @@ def run(args):
     if not 1 <= args.components <= 64:
         raise DgnerfError(f"--components: expected 1..64, got {args.components}")
     if args.threads is not None:
-        if args.threads < 1:
-            raise DgnerfError(f"--threads: expected >= 1, got {args.threads}")
+        if not 1 <= args.threads <= 1024:  # torch.set_num_threads overflows (unnamed) past a C int
+            raise DgnerfError(f"--threads: expected 1..1024, got {args.threads}")
         torch.set_num_threads(args.threads)
     if args.data is not None and not os.path.isfile(os.path.join(args.data, "manifest.json")):
         raise DgnerfError(f"--data {args.data}: not a dataset directory (no manifest.json; see docs/dataset.md)")

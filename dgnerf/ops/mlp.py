@@ -134,6 +134,40 @@ def fold_conditioning(weights: FieldWeights, z_id: torch.Tensor, beta: torch.Ten
     return cond0, cond_skip
 
 
+def _check_weights(weights, x_enc, W, Dx, Dd):
+    """Every tensor of the FieldWeights: a tensor of the right shape on x_enc's device, in x_enc's dtype on the CPU
+    (the kernels read them as such; a wrong one would otherwise fail inside a kernel, or not at all)."""
+    dtypes = (x_enc.dtype,) if x_enc.device.type == "cpu" else _FLOATS + (torch.float16, torch.bfloat16)
+
+    def t(name, v, shape, meaning):
+        _common.check_tensor(OP, f"weights.{name}", v, shape, meaning, dtypes=dtypes)
+        if v.device != x_enc.device:
+            _common.fail(OP, f"argument 'weights.{name}' expected device {x_enc.device} (the device of 'x_enc'), got {v.device}")
+
+    if not isinstance(weights.hidden_w, (tuple, list)) or not isinstance(weights.hidden_b, (tuple, list)):
+        _common.fail(OP, "argument 'weights' expected tuples hidden_w and hidden_b (FieldWeights.from_unfolded)")
+    skip = weights.skip
+    if skip is not None and not (isinstance(skip, int) and not isinstance(skip, bool) and 1 <= skip <= len(weights.hidden_w)):
+        _common.fail(OP, f"argument 'weights.skip' expected None or a layer in [1, {len(weights.hidden_w)}], got {skip!r}")
+    n_bias = len(weights.hidden_w) - (1 if skip is not None else 0)
+    if len(weights.hidden_b) != n_bias:
+        _common.fail(OP, f"argument 'weights.hidden_b' expected {n_bias} biases for {len(weights.hidden_w)} hidden layers "
+                         f"(skip {skip}), got {len(weights.hidden_b)}")
+    for i, w in enumerate(weights.hidden_w):
+        t(f"hidden_w[{i}]", w, (W, W), "[W, W]")
+    for i, b in enumerate(weights.hidden_b):
+        t(f"hidden_b[{i}]", b, (W,), "[W]")
+    if skip is not None:
+        t("skip_wx", weights.skip_wx, (W, Dx), "[W, Dx] (the skip layer's part on gamma(x))")
+    t("sigma_w", weights.sigma_w, (1, W), "[1, W]")
+    t("sigma_b", weights.sigma_b, (1,), "[1]")
+    t("dir_w", weights.dir_w, (None, W + Dd), "[Wd, W + Dd] with Dd from 'd_enc'")
+    Wd = weights.dir_w.shape[0]
+    t("dir_b", weights.dir_b, (Wd,), "[Wd]")
+    t("out_w", weights.out_w, (None, Wd), "[F, Wd]")
+    t("out_b", weights.out_b, (weights.out_w.shape[0],), "[F]")
+
+
 def _check(x_enc, d_enc, cond0, cond_skip, weights, output, precision):
     _common.check_tensor(OP, "x_enc", x_enc, dtypes=_FLOATS)
     if x_enc.dim() != 3 or x_enc.numel() == 0:
@@ -143,6 +177,9 @@ def _check(x_enc, d_enc, cond0, cond_skip, weights, output, precision):
         _common.fail(OP, f"argument 'x_enc' expected float32 or float64 on CPU, got {x_enc.dtype}")
     if not isinstance(weights, FieldWeights):
         _common.fail(OP, f"argument 'weights' expected a FieldWeights (FieldWeights.from_unfolded), got {type(weights).__name__}")
+    _common.check_tensor(OP, "weights.w0x", weights.w0x)
+    if weights.w0x.dim() != 2:
+        _common.fail(OP, f"argument 'weights.w0x' expected shape [W, Dx], got {list(weights.w0x.shape)}")
     W = weights.width
     _common.check_tensor(OP, "d_enc", d_enc, (B, P, None), "[images, points, Dd] matching 'x_enc'", like=x_enc, like_name="x_enc")
     _common.check_tensor(OP, "cond0", cond0, (B, W), "[images, W] (fold_conditioning)", like=x_enc, like_name="x_enc")
@@ -151,6 +188,7 @@ def _check(x_enc, d_enc, cond0, cond_skip, weights, output, precision):
             _common.fail(OP, f"argument 'cond_skip' is None but the weights have a skip layer ({weights.skip})")
         _common.check_tensor(OP, "cond_skip", cond_skip, (B, W), "[images, W] (fold_conditioning)", like=x_enc, like_name="x_enc")
     _common.check_tensor(OP, "weights.w0x", weights.w0x, (W, Dx), "[W, Dx] with Dx from 'x_enc'", like=x_enc, like_name="x_enc")
+    _check_weights(weights, x_enc, W, Dx, d_enc.shape[-1])
     if output not in ("feature", "hidden"):
         _common.fail(OP, f"argument 'output' expected 'feature' or 'hidden', got {output!r}")
     precision = Precision.parse(precision, f"dgnerf.{OP}")

@@ -30,6 +30,7 @@ from dgnerf.ops import _common
 from dgnerf.ops.reference import camera_dirs, sample_rays_reference
 
 OP = "sample_rays"
+MAX_POINTS = 2**31  # sample points of one call (each is 3 + 1 + 1 floats of output): beyond, refuse by name
 _FLOATS = (torch.float32, torch.float64)
 
 
@@ -44,10 +45,23 @@ def _check(c2w, intrinsics, height, width, n_samples, near, far, sphere_radius):
     _common.check_scalar(OP, "near", near, lambda x: x >= 0, "a finite number >= 0")
     _common.check_scalar(OP, "far", far, lambda x: x > near, f"a finite number > near ({near})")
     _common.check_scalar(OP, "sphere_radius", sphere_radius, lambda x: True, "a finite number")
+    points = c2w.shape[0] * height * width * n_samples
+    if points > MAX_POINTS:
+        _common.fail(OP, f"arguments 'height' x 'width' x 'n_samples' ({height} x {width} x {n_samples} per camera, "
+                         f"{c2w.shape[0]} cameras) ask for {points} sample points, more than {MAX_POINTS}; render in tiles")
+
+
+def _check_flags(stratified, seed):
+    # a string "False" is truthy and 1.5 truncates: both would be taken silently
+    if not isinstance(stratified, bool):
+        _common.fail(OP, f"argument 'stratified' expected a bool, got {stratified!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not -(2**63) <= seed < 2**63:
+        _common.fail(OP, f"argument 'seed' expected an int in [-2^63, 2^63), got {seed!r}")
 
 
 def sample_rays(c2w, intrinsics, height, width, n_samples, near, far, stratified=False, seed=0, sphere_radius=0.0):
     _check(c2w, intrinsics, height, width, n_samples, near, far, sphere_radius)
+    _check_flags(stratified, seed)
     if _common.checks_enabled():
         _common.check_finite(OP, {"c2w": c2w, "intrinsics": intrinsics})
     args = (height, width, n_samples, float(near), float(far), bool(stratified), int(seed), float(sphere_radius))

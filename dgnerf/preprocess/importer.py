@@ -42,6 +42,8 @@ def _load_tracking(path: Path) -> tuple[list[dict], dict]:
             d = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise DgnerfError(f"--tracking {path}: not valid JSON ({e})") from None
+        except RecursionError:
+            raise DgnerfError(f"--tracking {path}: JSON nested too deeply to be a tracking file") from None
         if not isinstance(d, dict) or not isinstance(d.get("frames"), list) or not d["frames"]:
             raise DgnerfError(f"--tracking {path}: expected an object with a non-empty list 'frames'")
         top = {k: v for k, v in d.items() if k != "frames"}
@@ -179,6 +181,8 @@ def import_tracking(
             rows.append((i, img_r, mask_r, c2w, k_r, expr, ident, str(f.get("person", "p000")), str(f.get("split", "train")), str(f["image"])))
         except (ValueError, OSError, DgnerfError) as e:
             dropped.append((i, str(e)))
+        except Exception as e:  # noqa: BLE001 - a frame's damaged file (e.g. Pillow's decompression-bomb refusal) drops the frame
+            dropped.append((i, f"{f.get('image', '?')}: {type(e).__name__}: {str(e)[:160]}"))
     if not rows:
         raise DgnerfError(f"--tracking {path}: no frame could be imported; first problems: " + "; ".join(f"frame {i}: {r}" for i, r in dropped[:3]))
     idims = {len(r[6]) for r in rows}

@@ -1,9 +1,9 @@
 """Videos / image directories -> a dgnerf dataset (docs/dataset.md), see docs/preprocess.md.
 
 Per source (one person each), two passes over the frames:
-1. track: MediaPipe face mesh (478 landmarks), the one tracked face per frame (sources.TrackSelector),
-   head pose by PnP of the 468 face landmarks against the canonical metric face mesh, then Gaussian
-   temporal smoothing of the poses;
+1. track: MediaPipe face mesh (478 landmarks; stills without a face found are searched again tile by tile),
+   the one tracked face per frame (sources.TrackSelector, `--face`), head pose by PnP of the 468 face
+   landmarks against the canonical metric face mesh, then Gaussian temporal smoothing of a video's poses;
 2. crop: a square crop that follows the smoothed head pose (a fixed 33 cm wide at the head's depth,
    so the head has the same size in every crop), intrinsics adjusted to the crop; head mask = selfie
    segmentation of the crop inside the projected head ellipsoid; identity code from the source frame.
@@ -15,6 +15,7 @@ tested without MediaPipe or OpenCV.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import tempfile
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dgnerf.assets import load_face_geometry
+from dgnerf.assets import load_face_geometry, preprocess_package_problems
 from dgnerf.data import DatasetWriter
 from dgnerf.errors import DgnerfError
 from dgnerf.face import geometry as G
@@ -33,7 +34,16 @@ from dgnerf.face.recognition import make_encoder
 from dgnerf.preprocess.expression import N_FACE, ExpressionBasis, to_shape_frame
 from dgnerf.preprocess.features import GAZE_DIM, GAZE_NAMES, gaze_features, head_mask, head_region
 from dgnerf.preprocess.preview import contact_sheet
-from dgnerf.preprocess.sources import MediaPipeFaces, MediaPipeSegmenter, Source, TrackSelector, resolve_sources
+from dgnerf.preprocess.sources import (
+    MediaPipeFaces,
+    MediaPipeSegmenter,
+    Source,
+    TrackSelector,
+    parse_face,
+    quiet_native_stderr,
+    resolve_sources,
+    tiled_faces,
+)
 
 UNIT_CM = 12.0  # one unit of the dataset's translations
 # a sphere about the face origin that holds the head region the masks are cut to (features.HEAD_*:
@@ -43,11 +53,34 @@ DROP_REASONS = {
     "unreadable": "the frame could not be decoded / read",
     "no_face": "no face found",
     "several_faces": "several faces of similar size and no track yet",
+    "face_index": "fewer faces than --face N asks for",
     "lost_track": "no face near the tracked person",
     "face_out_of_frame": "over 20% of the face landmarks outside the image",
     "pose_failed": "PnP did not fit the landmarks (reprojection error too large)",
     "error": "an unexpected error on this frame (see the notes)",
 }
+# What to do about an input none of whose frames was kept, by the reason most of them were dropped for.
+DROP_HINTS = {
+    "no_face": "no face found: the face detector misses faces much smaller than the picture (stills are searched "
+               "again tile by tile, which finds faces down to about 1/40 of the picture's width); crop the picture "
+               "around the head",
+    "several_faces": "several faces of similar size: pick one with --face largest or --face N (N-th face from the "
+                     "left, 0 = leftmost)",
+    "face_index": "fewer faces than --face N asks for (N counts from 0, left to right); try --face largest",
+    "lost_track": "the tracked face was lost; try --face largest or --face N",
+    "face_out_of_frame": "the face is cut by the picture's border (over 20% of it outside)",
+    "pose_failed": "the head pose did not fit the landmarks (an extreme view, or not a real face?)",
+    "unreadable": "no frame could be decoded",
+    "error": "every frame failed (see the notes)",
+}
+
+
+def drop_hint(dropped) -> str:
+    """The hint for the commonest drop reason of an input that kept nothing."""
+    if not dropped:
+        return "no frame in this input"
+    reason = max(dropped, key=lambda k: dropped[k])
+    return DROP_HINTS.get(reason, DROP_REASONS.get(reason, reason))
 
 
 @dataclass
@@ -63,6 +96,7 @@ class Options:
     max_reproj_frac: float = 0.06  # of the face box size
     identity: str = "facenet"
     adaface: str | None = None
+    face: str | int = "auto"  # which face of a frame is the person: auto, largest, or N (N-th from the left)
     expression_basis: str | None = None
     preview: bool = False
     overwrite: bool = False
@@ -94,6 +128,7 @@ class Frame:
 class SourceReport:
     name: str
     person: str
+    input: str = ""  # the input as typed
     index: int = 0
     total: int = 0
     kept: int = 0
@@ -232,7 +267,14 @@ def _load_basis(path: str) -> ExpressionBasis:
         p = p / "expression_basis.safetensors"
     if not p.is_file():
         raise DgnerfError(f"--expression-basis {path}: no such file (expected a dataset directory or an expression_basis.safetensors)")
-    b = ExpressionBasis.load(p)
+    try:
+        b = ExpressionBasis.load(p)
+        bad = [k for k in ("basis", "stddev", "reference", "weights") if not np.isfinite(getattr(b, k)).all()]
+        if bad:
+            raise DgnerfError(f"{bad} hold NaN/Inf values")
+    except Exception as e:  # noqa: BLE001 - any damage of the file given: named with the flag
+        text = str(e).replace(f"{p}: ", "")
+        raise DgnerfError(f"--expression-basis {path}: not a usable expression basis ({text[:200]})") from None
     k = _used_components(p)
     if k is not None and 0 < k < len(b.stddev):
         b.stddev = b.stddev.copy()
@@ -250,7 +292,7 @@ def load_expression_basis(path: str) -> ExpressionBasis:
 def track_source(src: Source, report: SourceReport, opts: Options, faces_fn, geometry, tqdm=None) -> list[Frame]:
     """Pass 1: landmarks, selection, raw PnP. Never raises for a bad frame."""
     verts = np.asarray(geometry["vertices"], np.float64)
-    sel = TrackSelector()
+    sel = TrackSelector(face=opts.face)
     frames, prev_pose, prev_hw = [], None, None
     it = src.frames(opts.max_frames, opts.stride)
     bar = tqdm(it, desc=f"track {src.name}", unit="frame", leave=False, disable=not opts.progress) if tqdm else it
@@ -262,6 +304,8 @@ def track_source(src: Source, report: SourceReport, opts: Options, faces_fn, geo
         try:
             H, W = rgb.shape[:2]
             faces = faces_fn(rgb)
+            if not faces and not src.is_sequence:
+                faces = tiled_faces(faces_fn, rgb)  # small faces of a group / full-body photo
             lm, why = sel.select(faces)
             if why:
                 report.drop(why, n)
@@ -294,11 +338,11 @@ def track_source(src: Source, report: SourceReport, opts: Options, faces_fn, geo
         )
     if sel.reacquired:
         report.notes.append(f"track re-acquired {sel.reacquired} time(s) after being lost; check the preview")
-    # temporal smoothing (only across frames of one size: an image folder of mixed sizes is not a sequence)
+    # temporal smoothing: a video's frames only (the photos of a folder are unrelated views, whatever their sizes)
     sizes = {f.hw for f in frames}
     if len(sizes) > 1:
-        report.notes.append(f"images of {len(sizes)} different sizes: each keeps its own intrinsics; poses are not smoothed")
-    if frames and len(sizes) == 1 and opts.smooth_sigma > 0:
+        report.notes.append(f"images of {len(sizes)} different sizes: each keeps its own intrinsics")
+    if frames and src.is_sequence and len(sizes) == 1 and opts.smooth_sigma > 0:
         # sigma is in sampled frames (frame numbers / stride)
         times = np.array([f.number for f in frames], np.float64) / max(opts.stride, 1)
         Rs, ts = G.smooth_poses(np.stack([f.R_raw for f in frames]), np.stack([f.t_raw for f in frames]), times, opts.smooth_sigma)
@@ -377,19 +421,41 @@ def run(
         raise DgnerfError(f"--resolution: expected 16..4096, got {opts.resolution}")
     if not (5 <= opts.fov_deg <= 150):
         raise DgnerfError(f"--fov: expected 5..150 degrees, got {opts.fov_deg}")
+    if not (np.isfinite(opts.smooth_sigma) and 0 <= opts.smooth_sigma <= 1000):
+        raise DgnerfError(f"--smooth: expected a sigma in 0..1000 frames (0 = off), got {opts.smooth_sigma}")
+    opts.face = parse_face(opts.face)
     out_p = Path(out)
     if out_p.exists() and (not out_p.is_dir() or any(out_p.iterdir())) and not opts.overwrite:
         raise DgnerfError(f"--out {out}: exists and is not empty (pass --overwrite to replace a dataset)")
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover
-        tqdm = None
-
     sources, problems = resolve_sources(inputs)
     summary = Summary(problems=list(problems))
     if not sources:
         raise DgnerfError("no usable input: " + "; ".join(problems) if problems else "no inputs given")
+    # the packages the real detectors need, checked before anything is read or written (a wrong protobuf
+    # would otherwise fail inside mediapipe, after the inputs were decoded once)
+    need = []
+    if faces_fn_factory is None or segment_fn is None:
+        need.append("mediapipe")
+    if encoder is None and opts.identity == "facenet":
+        need.append("cv2")
+    if need:
+        missing = preprocess_package_problems(need_cv2="cv2" in need)
+        if "mediapipe" not in need:
+            missing = [p for p in missing if "OpenCV" in p]
+        if missing:
+            raise DgnerfError("preprocessing needs the preprocess extra (docs/preprocess.md): " + "; ".join(missing))
 
+    # MediaPipe's graphs log INFO/WARNING lines from their own threads for as long as they run
+    quiet = quiet_native_stderr() if "mediapipe" in need else contextlib.nullcontext()
+    with quiet:
+        return _run_sources(sources, summary, out_p, opts, faces_fn_factory, segment_fn, encoder, geometry, log)
+
+
+def _run_sources(sources, summary, out_p, opts, faces_fn_factory, segment_fn, encoder, geometry, log) -> Summary:
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        tqdm = None
     if geometry is None:
         geometry = load_face_geometry()
     wts = _weights(geometry)
@@ -410,7 +476,7 @@ def run(
     with tempfile.TemporaryDirectory(prefix=f".{out_p.name}.staging-", dir=stage_parent) as td:
         stage = Path(td)
         for si, src in enumerate(sources):
-            rep = SourceReport(src.name, _person_id(src.name, used), index=si)
+            rep = SourceReport(src.name, _person_id(src.name, used), input=src.typed or str(src.path), index=si)
             summary.sources.append(rep)
             persons.append(rep.person)
             try:
@@ -421,7 +487,9 @@ def run(
                     if hasattr(faces_fn, "close"):
                         faces_fn.close()
                 if not frames:
-                    rep.notes.append("no frame kept: no usable face in this input")
+                    if rep.total == 0:  # opened, but not one frame came out (a damaged or empty video)
+                        summary.problems.append(f"{rep.input}: no frame could be decoded (an empty or damaged file?)")
+                    rep.notes.append("no frame kept: " + drop_hint(rep.dropped))
                     continue
                 frames = crop_source(src, frames, rep, opts, segment_fn, encoder, stage, tqdm)
             except DgnerfError as e:
@@ -434,10 +502,11 @@ def run(
             own_segmenter.close()
         if not all_frames:
             log(summary.format())
-            why = list(summary.problems) + [f"{r.name}: " + ", ".join(f"{k} x{v}" for k, v in r.dropped.items())
+            why = list(summary.problems) + [f"{r.input or r.name}: " + ", ".join(f"{k} x{v}" for k, v in r.dropped.items())
                                             for r in summary.sources if r.dropped]
+            hints = list(dict.fromkeys(drop_hint(r.dropped) for r in summary.sources if r.dropped))
             raise DgnerfError("no frame was kept from any input" + (f" ({'; '.join(why[:3])})" if why else "")
-                              + "; nothing written (see the summary above)")
+                              + "".join(f"; {h}" for h in hints[:2]) + "; nothing written (see the summary above)")
 
         # ---- expression codes over the whole set
         shapes = {}
@@ -473,7 +542,8 @@ def run(
             "identity": opts.identity if opts.identity != "adaface" else f"adaface:{Path(opts.adaface).name}",
             "expression": "landmark_offsets_pca" + (f" (projected into {opts.expression_basis})" if basis_in is not None else ""),
             "gaze_names": GAZE_NAMES,
-            "smooth_sigma_frames": opts.smooth_sigma,
+            "smooth_sigma_frames": opts.smooth_sigma,  # videos only
+            "face": opts.face,
             "fov_deg": opts.fov_deg,
             "summary": summary.as_dict(),
         }

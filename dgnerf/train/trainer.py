@@ -16,6 +16,17 @@ train_state.json}, written to a temporary directory and renamed into place (a cr
 half-written checkpoint); RUN/checkpoints/latest names the newest. model.safetensors is a normal head
 checkpoint (`dgnerf render --checkpoint RUN/checkpoints/latest`).
 
+Faults (none of this runs, or changes a number, in a run without them):
+- a NaN/Inf loss or gradient skips that step (no update; counted as skipped_steps); `max_bad_steps` such
+  steps in a row stop training with an error that names the last good checkpoint, which is left as it was
+  (nothing is saved on that stop, and a checkpoint of non-finite weights is never written);
+- a frame that cannot be read while training (`bad_samples`): "stop" names the file and stops (the work so
+  far is checkpointed), "skip" leaves it out of its batches and counts it (skipped_samples);
+- a checkpoint that cannot be written (disk full, a file size limit): its temporary directory is removed,
+  the previous checkpoint and the `latest` pointer stay as they were, and the error says so;
+- SIGKILL at any moment: checkpoints appear only by rename, leftovers of a killed write (.tmp_*, .trash_*)
+  are cleared at the next start, and `--resume` continues from `latest` exactly.
+
 Multi-GPU / multi-node: under torchrun (WORLD_SIZE > 1) each process takes its slice of every global
 batch and DistributedDataParallel averages the gradients, which equals one process on the global
 batch (the loss is a mean of per-image losses). Backend nccl on GPUs, gloo on CPUs.
@@ -23,9 +34,11 @@ batch (the loss is a mean of per-image losses). Backend nccl on GPUs, gloo on CP
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import time
@@ -106,6 +119,10 @@ class TrainConfig:
     preload_max_gb: float = 4.0  # frames are kept in memory when they fit, else read per step
     tensorboard: bool = True
     progress: bool = True
+    # Faults: steps in a row with a non-finite loss or gradient (each skipped) before training stops; and what a
+    # frame that cannot be read during training does: "stop" (name it) or "skip" (leave it out, count it).
+    max_bad_steps: int = 5
+    bad_samples: str = "stop"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -136,13 +153,26 @@ def step_seed(seed: int, step: int) -> int:
     return (int(seed) * 0x9E3779B1 + step * 0x85EBCA77 + 1) % (2**62)
 
 
-class FrameStore:
-    """The frames of a dataset split at the model's image size, in memory when they fit."""
+class BadSample(DgnerfError):
+    """A frame of the training set that could not be read (its files named)."""
 
-    def __init__(self, dataset, image_size: int, feature_size: int, preload_max_gb: float, progress: bool):
+
+class FrameStore:
+    """The frames of a dataset split at the model's image size, in memory when they fit.
+
+    bad_samples: "stop" raises BadSample naming the frame's files when one cannot be read; "skip" remembers
+    it (self.bad: index -> reason) and batch() leaves it out (self.skipped counts how often)."""
+
+    def __init__(self, dataset, image_size: int, feature_size: int, preload_max_gb: float, progress: bool,
+                 bad_samples: str = "stop"):
         self.ds = dataset
         self.image_size = image_size
         self.scale_k = feature_size / dataset.width  # intrinsics: image pixels -> feature-map pixels
+        if bad_samples not in ("stop", "skip"):
+            raise DgnerfError(f"bad_samples: expected 'stop' or 'skip', got {bad_samples!r}")
+        self.bad_samples = bad_samples
+        self.bad: dict[int, str] = {}
+        self.skipped = 0
         if dataset.width != dataset.height:
             raise DgnerfError(f"dataset {dataset.root}: frames must be square, got {dataset.height}x{dataset.width}")
         need_gb = len(dataset) * 4 * image_size * image_size * 4 / 1e9
@@ -150,9 +180,33 @@ class FrameStore:
         if need_gb <= preload_max_gb:
             from tqdm import tqdm
 
-            items = [self._load(i) for i in tqdm(range(len(dataset)), desc="loading frames", unit="frame",
-                                                 disable=not progress, leave=False)]
-            self.cache = {k: torch.stack([it[k] for it in items]) for k in items[0]} if items else None
+            items = [self._load_checked(i) for i in tqdm(range(len(dataset)), desc="loading frames", unit="frame",
+                                                         disable=not progress, leave=False)]
+            good = next((it for it in items if it is not None), None)
+            if good is not None:  # a skipped frame holds zeros in the cache and is never drawn
+                items = [it if it is not None else {k: torch.zeros_like(v) for k, v in good.items()} for it in items]
+                self.cache = {k: torch.stack([it[k] for it in items]) for k in items[0]}
+            elif items:
+                raise DgnerfError(f"dataset {dataset.root}: none of its {len(items)} training frames can be read "
+                                  f"(first: {self.bad.get(0, '?')})")
+
+    def describe(self, i: int) -> str:
+        f = self.ds.frames[i]
+        return f"frame {f.index} ({f.image}, {f.mask}) of {self.ds.root}"
+
+    def _load_checked(self, i: int) -> dict | None:
+        """_load(i), or None for a frame that cannot be read under "skip" (BadSample under "stop")."""
+        if i in self.bad:
+            return None
+        try:
+            return self._load(i)
+        except (DgnerfError, OSError, ValueError, RuntimeError) as e:
+            reason = str(e).strip().splitlines()[-1].strip(" -") if str(e).strip() else type(e).__name__
+            if self.bad_samples == "stop":
+                raise BadSample(f"{self.describe(i)} cannot be read: {reason}; fix or remove it "
+                                f"(`dgnerf dataset check {self.ds.root}`), or pass --bad-samples skip") from None
+            self.bad[i] = reason
+            return None
 
     def _load(self, i: int) -> dict:
         it = self.ds[i]
@@ -170,11 +224,25 @@ class FrameStore:
     def __len__(self):
         return len(self.ds)
 
-    def batch(self, idx: list[int], device) -> dict:
+    def batch(self, idx: list[int], device, count: bool = True) -> dict | None:
+        """The frames idx (the unreadable ones left out under "skip", counted in self.skipped when `count`); None
+        when none is left."""
+        skipped = self.skipped
         if self.cache is not None:
+            if self.bad:
+                keep = [i for i in idx if i not in self.bad]
+                self.skipped += (len(idx) - len(keep)) if count else 0
+                if not keep:
+                    return None
+                idx = keep
             t = torch.as_tensor(idx)
             return {k: v[t].to(device) for k, v in self.cache.items()}
-        items = [self._load(i) for i in idx]
+        items = [self._load_checked(i) for i in idx]
+        if self.bad:
+            self.skipped = skipped + (sum(it is None for it in items) if count else 0)
+            items = [it for it in items if it is not None]
+            if not items:
+                return None
         return {k: torch.stack([it[k] for it in items]).to(device) for k in items[0]}
 
 
@@ -257,7 +325,7 @@ class Trainer:
         self.model_cfg = model_config_for(self.train_set, cfg.model)
         self.model = HeadModel(self.model_cfg).to(self.device)
         self.frames = FrameStore(self.train_set, self.model_cfg.image_size, self.model_cfg.feature_size,
-                                 cfg.preload_max_gb, cfg.progress and self.rank == 0)
+                                 cfg.preload_max_gb, cfg.progress and self.rank == 0, bad_samples=cfg.bad_samples)
         self.opt = torch.optim.Adam(param_groups(self.model, cfg.lr_scale), lr=cfg.lr)
         self.loss = build_loss(cfg, self.device)
         self.step = 0
@@ -270,6 +338,12 @@ class Trainer:
         self.ckpt_root = os.path.join(cfg.out, CKPT_DIR)
         self.tb = None
         self._stop = False
+        if not (isinstance(cfg.max_bad_steps, int) and cfg.max_bad_steps >= 1):
+            raise DgnerfError(f"max_bad_steps: expected an integer >= 1, got {cfg.max_bad_steps!r}")
+        self.skipped_steps = 0  # steps skipped for a non-finite loss or gradient, over the whole run
+        self.bad_in_row = 0
+        self.last_saved: tuple[int, str] | None = None  # (step, path) of the newest checkpoint this run wrote or read
+        self._no_final_save = False  # set by a stop whose state must not become a checkpoint
 
     # ------------------------------------------------------------------ schedule
     def lr_at(self, step: int) -> float:
@@ -293,18 +367,20 @@ class Trainer:
         local = c.batch_size // self.world
         idx = idx[self.rank * local:(self.rank + 1) * local]
         b = self.frames.batch(idx, self.device)
+        if not self._agree(b is not None):  # every frame of this step is unreadable ("skip"): nothing to learn
+            return {"loss": float("nan"), "skipped": 1.0}
         for g in self.opt.param_groups:
             g["lr"] = self.lr_at(step) * g.get("lr_scale", 1.0)
         self.model.train()
-        # The per-op NaN scans are redundant here: a non-finite loss stops training below, naming the step.
+        # The per-op NaN scans are redundant here: a non-finite loss or gradient is caught below, naming the step.
         with ops.checks(False):
             out = self.forward_batch(b, step, first_image=self.rank * local)
         loss, parts = self.loss(out.image, b["image"], b["mask"])
-        if not torch.isfinite(loss):
-            raise DgnerfError(f"step {step}: the loss is {float(loss)} (not finite); lower the learning rate "
-                              f"(now {self.lr_at(step):.3g}) or check the data with `dgnerf dataset check`")
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        if not self._agree(self._finite(loss)):
+            return self._bad_step(step, loss)
+        self.bad_in_row = 0
         self.opt.step()
         parts = {k: float(v) for k, v in parts.items()}
         if self.world > 1:  # report the global mean
@@ -318,12 +394,68 @@ class Trainer:
             parts["loss"] = float(loss.detach())
         return parts
 
+    # ------------------------------------------------------------------ faults
+    def _finite(self, loss) -> bool:
+        """The loss and every gradient are finite (read only: a run without faults computes what it did)."""
+        if not bool(torch.isfinite(loss)):
+            return False
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        return all(bool(torch.isfinite(g).all()) for g in grads)
+
+    def _agree(self, ok: bool) -> bool:
+        """Under DDP every process takes the same decision (one that skipped while another stepped would hang)."""
+        if self.world == 1:
+            return ok
+        t = torch.tensor([1.0 if ok else 0.0], device=self.device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
+        return bool(t.item() > 0.5)
+
+    def _bad_step(self, step: int, loss) -> dict:
+        """A step with a non-finite loss or gradient: no update (weights and Adam moments as they were), counted;
+        `max_bad_steps` in a row stop the run without writing a checkpoint of this state."""
+        self.opt.zero_grad(set_to_none=True)
+        self.skipped_steps += 1
+        self.bad_in_row += 1
+        what = "loss" if not bool(torch.isfinite(loss)) else "gradient"
+        if self.bad_in_row >= self.cfg.max_bad_steps:
+            self._no_final_save = True
+            first = step - self.bad_in_row + 1
+            good = (f"the last good checkpoint {self.last_saved[1]} (step {self.last_saved[0]}) is intact; resume "
+                    "from it (--resume)" if self.last_saved else "no checkpoint was written yet")
+            raise DgnerfError(f"steps {first}..{step}: the loss or its gradients were NaN/Inf {self.bad_in_row} steps in "
+                              f"a row (each skipped, last: the {what}); training stopped: {good} with a lower --lr "
+                              f"(now {self.lr_at(step):.3g}), or check the data with `dgnerf dataset check`")
+        return {"loss": float(loss.detach()), "skipped": 1.0}
+
+    def _clear_leftovers(self) -> None:
+        """What a killed checkpoint write leaves: temporary step directories, half-deleted old ones, pointer temps."""
+        if self.rank != 0 or not os.path.isdir(self.ckpt_root):
+            return
+        for d in os.listdir(self.ckpt_root):
+            p = os.path.join(self.ckpt_root, d)
+            if d.startswith((".tmp_", ".trash_")):
+                shutil.rmtree(p, ignore_errors=True)
+            elif d.startswith("latest.tmp") and os.path.isfile(p):
+                os.remove(p)
+
+    def _non_finite_weights(self) -> list[str]:
+        return [n for n, p in self.model.state_dict().items()
+                if p.is_floating_point() and not bool(torch.isfinite(p).all())]
+
     # ------------------------------------------------------------------ checkpoints
-    def latest_checkpoint(self) -> str | None:
+    def _pointer(self) -> str | None:
+        """The name RUN/checkpoints/latest holds (None when it is missing or unreadable)."""
         ptr = os.path.join(self.ckpt_root, "latest")
-        if os.path.exists(ptr):
-            with open(ptr) as f:
-                name = f.read().strip()
+        try:
+            with open(ptr, "rb") as f:
+                return f.read(4096).decode("utf-8").strip() or None
+        except (OSError, UnicodeDecodeError):
+            return None
+
+    def latest_checkpoint(self) -> str | None:
+        name = self._pointer()
+        # a damaged pointer (not one step_* name) is ignored like a missing one: the newest complete step wins
+        if name and name.startswith("step_") and os.sep not in name and "/" not in name:
             path = os.path.join(self.ckpt_root, name)
             if os.path.exists(os.path.join(path, "train_state.json")):
                 return path
@@ -337,12 +469,36 @@ class Trainer:
         """Checkpoint after `step` steps, atomically (rank 0 only)."""
         if self.rank != 0:
             return None
+        bad = self._non_finite_weights()
+        if bad:
+            self._no_final_save = True
+            good = (f"the last good checkpoint {self.last_saved[1]} (step {self.last_saved[0]}) is intact"
+                    if self.last_saved else "no checkpoint was written yet")
+            raise DgnerfError(f"step {step}: the weights hold NaN/Inf ({bad[:4]}); not written as a checkpoint: {good}")
+        name = f"step_{step:08d}"
+        tmp = os.path.join(self.ckpt_root, f".tmp_{name}_{os.getpid()}")
+        try:
+            return self._write_checkpoint(step, name, tmp)
+        except Exception as e:
+            io = _io_error(e)
+            if io is None:
+                raise
+            # disk full, a file size limit, a read-only disk: the half-written directory goes, nothing else moved
+            self._no_final_save = True
+            shutil.rmtree(tmp, ignore_errors=True)
+            code, text = io
+            prev = (f"the previous checkpoint {self.last_saved[1]} (step {self.last_saved[0]}) is intact and "
+                    "`--resume` continues from it" if self.last_saved else "no earlier checkpoint of this run exists")
+            full = code in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+            raise DgnerfError(f"could not write checkpoint {name} in {self.ckpt_root} ({text}"
+                              f"{': disk full?' if full else ''}); {prev}; "
+                              f"{'free some space' if full else 'fix that'} and run again") from None
+
+    def _write_checkpoint(self, step: int, name: str, tmp: str) -> str:
         from safetensors.torch import save_file
 
         os.makedirs(self.ckpt_root, exist_ok=True)
-        name = f"step_{step:08d}"
         final = os.path.join(self.ckpt_root, name)
-        tmp = os.path.join(self.ckpt_root, f".tmp_{name}_{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
         save_checkpoint(os.path.join(tmp, "model.safetensors"), self.model,
@@ -361,36 +517,91 @@ class Trainer:
         state = {"step": step, "param_groups": groups, "train_config": self.cfg.to_dict(),
                  "model_config": self.model_cfg.to_dict(), "scheduler": {"type": "exponential", "lr": self.cfg.lr,
                                                                          "lr_final": self.cfg.lr_final, "steps": self.cfg.steps},
-                 "time": time.time()}
+                 "time": time.time(), "faults": {"skipped_steps": self.skipped_steps, "skipped_samples": self.frames.skipped,
+                                                 "bad_in_row": self.bad_in_row}}
         atomic_write_text(os.path.join(tmp, "train_state.json"), json.dumps(state, indent=1))
         if os.path.exists(final):
-            shutil.rmtree(final)
+            self._discard(final)
         os.replace(tmp, final)
-        atomic_write_text(os.path.join(self.ckpt_root, "latest"), name + "\n")
+        try:
+            atomic_write_text(os.path.join(self.ckpt_root, "latest"), name + "\n")
+        except BaseException:
+            self._discard(final)  # without its pointer the new step is taken back: the state is the previous one
+            raise
+        self.last_saved = (step, final)
         old = sorted(d for d in os.listdir(self.ckpt_root) if d.startswith("step_"))
         for d in old[:-max(1, self.cfg.keep_checkpoints)]:
-            shutil.rmtree(os.path.join(self.ckpt_root, d), ignore_errors=True)
+            self._discard(os.path.join(self.ckpt_root, d))
         return final
 
+    def _discard(self, path: str) -> None:
+        """Delete a checkpoint directory by renaming it out of the step_* names first: a kill half-way through the
+        deletion leaves a .trash_* directory (cleared at the next start), never a step_* missing its files."""
+        trash = os.path.join(os.path.dirname(path), f".trash_{os.path.basename(path)}_{os.getpid()}")
+        os.replace(path, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+
     def load(self, path: str) -> int:
+        """Resume from the checkpoint directory `path` -> its step. A damaged file is named (with the older
+        checkpoint that could be used instead) rather than failing somewhere inside the loaders."""
+        try:
+            return self._load(path)
+        except Exception as e:  # noqa: BLE001 - whatever the damage, it is this checkpoint's
+            text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            name = os.path.basename(path.rstrip(os.sep))
+            older = sorted(d for d in os.listdir(self.ckpt_root) if d.startswith("step_") and d < name
+                           and os.path.exists(os.path.join(self.ckpt_root, d, "train_state.json")))
+            alt = (f"move it away and --resume continues from {older[-1]}" if older else
+                   "start afresh without --resume")
+            raise DgnerfError(f"cannot resume from {path}: {self._loading} is damaged "
+                              f"({type(e).__name__}: {text[:200]}); {alt}") from None
+
+    def _load(self, path: str) -> int:
         from safetensors.torch import load_file
 
+        self._loading = "model.safetensors"
         _, state, _ = read_checkpoint(os.path.join(path, "model.safetensors"))
         check_state_dict(self.model, state, source=f"checkpoint {path}")
-        self.model.load_state_dict(state)
-        with open(os.path.join(path, "train_state.json")) as f:
-            meta = json.load(f)
+        self._loading = "train_state.json"
+        with open(os.path.join(path, "train_state.json"), "rb") as f:
+            meta = json.loads(f.read().decode("utf-8"))
+        self._loading = "train_state.safetensors"
         t = load_file(os.path.join(path, "train_state.safetensors"))
+        self.model.load_state_dict(state)
         osd = {"state": {}, "param_groups": meta["param_groups"]}
         for k, v in t.items():
             if k.startswith("adam."):
                 _, pid, key = k.split(".", 2)
                 osd["state"].setdefault(int(pid), {})[key] = v.to(self.device) if key != "step" else v
+            elif k not in ("rng.torch", "rng.cuda"):
+                raise ValueError(f"unexpected tensor {k!r}")
+        self._check_adam_state(osd["state"])
+        if "rng.torch" not in t:
+            raise ValueError("no 'rng.torch' (the random state the run continues from)")
         self.opt.load_state_dict(osd)
+        faults = meta.get("faults") or {}
+        self.skipped_steps = int(faults.get("skipped_steps", 0))
+        self.frames.skipped = int(faults.get("skipped_samples", 0))
+        self.bad_in_row = int(faults.get("bad_in_row", 0))
         torch.set_rng_state(t["rng.torch"])
         if "rng.cuda" in t and self.device.type == "cuda":
             torch.cuda.set_rng_state(t["rng.cuda"], self.device)
         return int(meta["step"])
+
+    def _check_adam_state(self, state: dict) -> None:
+        """Adam's moments as this model needs them: torch would take a damaged set and fail at the first step."""
+        params = [p for g in self.opt.param_groups for p in g["params"]]
+        for pid, st in state.items():
+            if not 0 <= pid < len(params):
+                raise ValueError(f"Adam state for parameter {pid}; the model has {len(params)}")
+            missing = sorted({"step", "exp_avg", "exp_avg_sq"} - set(st))
+            extra = sorted(set(st) - {"step", "exp_avg", "exp_avg_sq"})
+            if missing or extra:
+                raise ValueError(f"Adam state of parameter {pid}: missing {missing}, unexpected {extra}")
+            for k in ("exp_avg", "exp_avg_sq"):
+                if tuple(st[k].shape) != tuple(params[pid].shape) or not bool(torch.isfinite(st[k]).all()):
+                    raise ValueError(f"Adam {k} of parameter {pid}: shape {list(st[k].shape)} (expected "
+                                     f"{list(params[pid].shape)}) or non-finite values")
 
     # ------------------------------------------------------------------ samples and logs
     @torch.no_grad()
@@ -400,7 +611,9 @@ class Trainer:
         self.model.eval()
         n = min(4, len(self.frames))
         idx = [int(i) for i in np.linspace(0, len(self.frames) - 1, n).round()]
-        b = self.frames.batch(idx, self.device)
+        b = self.frames.batch(idx, self.device, count=False)
+        if b is None:  # only skipped (unreadable) frames there: no grid
+            return None
         out = self.model(b["identity"], b["expression"], b["c2w"], b["intrinsics"],
                          gaze=b["gaze"] if self.model_cfg.gaze_dim else None)
         tiles = [to_uint8(x) for x in b["image"]] + [to_uint8(x) for x in out.image]
@@ -416,6 +629,8 @@ class Trainer:
         if self.rank != 0:
             return
         rec = {"step": step, **{k: round(v, 7) for k, v in parts.items()}, "lr": self.lr_at(step), "img_s": round(img_s, 2)}
+        if self.skipped_steps or self.frames.skipped:  # only a run with faults has these fields
+            rec.update(skipped_steps=self.skipped_steps, skipped_samples=self.frames.skipped)
         with open(os.path.join(self.cfg.out, "metrics.jsonl"), "a") as f:
             f.write(json.dumps(rec) + "\n")
         if self.tb is not None:
@@ -443,13 +658,22 @@ class Trainer:
         c = self.cfg
         os.makedirs(c.out, exist_ok=True)
         start = 0
+        ptr = os.path.join(self.ckpt_root, "latest")
+        if os.path.lexists(ptr) and not os.path.isfile(ptr):
+            raise DgnerfError(f"{ptr}: not a file (the run's pointer to its newest checkpoint); remove it and run again")
+        self._clear_leftovers()
         if resume:
             path = self.latest_checkpoint()
             if path is None:
                 if self.rank == 0:
                     print(f"dgnerf train: no checkpoint in {self.ckpt_root}; starting from scratch")
             else:
+                pointed = self._pointer()
+                if self.rank == 0 and pointed and pointed != os.path.basename(path):
+                    print(f"dgnerf train: {self.ckpt_root}/latest names {pointed}, which is incomplete (no "
+                          f"train_state.json); using {os.path.basename(path)}, the newest complete checkpoint")
                 start = self.load(path)
+                self.last_saved = (start, path)
                 if self.rank == 0:
                     print(f"dgnerf train: resumed from {path} (step {start})")
         elif self.rank == 0 and os.path.exists(os.path.join(c.out, "metrics.jsonl")):
@@ -485,7 +709,8 @@ class Trainer:
                     time.sleep(delay)
                 step += 1
                 n_last += c.batch_size
-                last = parts
+                if not parts.get("skipped"):
+                    last = parts
                 out_of_time = c.max_minutes is not None and (time.time() - t_start) > 60 * c.max_minutes
                 if step % c.log_every == 0 or step == c.steps or out_of_time or self._stop:
                     now = time.time()
@@ -506,13 +731,18 @@ class Trainer:
             bar.close()
             for sig, h in prev.items():
                 signal.signal(sig, h)
-            if step > start and (step % c.checkpoint_every != 0):
+            if step > start and (step % c.checkpoint_every != 0) and not self._no_final_save:
                 self.save(step)  # keep the work done (also on Ctrl-C)
             if self.tb is not None:
                 self.tb.close()
         if self.rank == 0 and step % c.sample_every != 0:
             self.sample_grid(step)
-        return {"step": step, "last": last, "checkpoint": self.latest_checkpoint(), "seconds": time.time() - t_start}
+        return {"step": step, "last": last, "checkpoint": self.latest_checkpoint(), "seconds": time.time() - t_start,
+                "skipped_steps": self.skipped_steps, "skipped_samples": self.frames.skipped,
+                "bad_samples": {self.describe_bad(i): r for i, r in self.frames.bad.items()}}
+
+    def describe_bad(self, i: int) -> str:
+        return self.frames.ds.frames[i].image
 
     def _on_signal(self, signum, frame):
         if self._stop:  # second Ctrl-C: stop now
@@ -520,6 +750,17 @@ class Trainer:
         self._stop = True
         if self.rank == 0:
             print(f"\ndgnerf train: signal {signum}: finishing this step and writing a checkpoint (again to abort)")
+
+
+def _io_error(e: BaseException) -> tuple[int | None, str] | None:
+    """(errno, text) when `e` is a failed write: an OSError, or safetensors' own error type, which wraps the OS
+    error in its message ("I/O error: File too large (os error 27)"); None for anything else."""
+    if isinstance(e, OSError):
+        return e.errno, e.strerror or str(e)
+    m = re.search(r"I/O error: (.*?) \(os error (\d+)\)", str(e))
+    if m:
+        return int(m.group(2)), m.group(1)
+    return None
 
 
 def build_loss(cfg: TrainConfig, device):
