@@ -54,3 +54,14 @@ def tiny_set(tmp_path_factory):
     root = tmp_path_factory.mktemp("data") / "tiny"
     build_synthetic_dataset(root, size="tiny", seed=3)
     return str(root)
+
+
+def tiny_train_config(data, out, **kw):
+    """A TrainConfig of the tiny model for a few deterministic steps (tests of the trainer)."""
+    from dgnerf.train import TrainConfig
+
+    base = dict(data=data, out=str(out), model=dict(TINY_MODEL), batch_size=2, steps=8, lr=1e-3, lr_final=1e-4,
+                lambda_perceptual=0.0, checkpoint_every=4, sample_every=1000, log_every=1, deterministic=True,
+                progress=False, tensorboard=False)
+    base.update(kw)
+    return TrainConfig(**base)

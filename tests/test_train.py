@@ -9,17 +9,13 @@ import time
 
 import torch
 
-from dgnerf.train import TrainConfig, Trainer
+from dgnerf.train import Trainer
 from dgnerf.train.trainer import frame_indices
-from tests.conftest import TINY_MODEL
+from tests.conftest import TINY_MODEL, tiny_train_config
 
 
 def tiny_cfg(data, out, **kw):
-    base = dict(data=data, out=str(out), model=dict(TINY_MODEL), batch_size=2, steps=8, lr=1e-3, lr_final=1e-4,
-                lambda_perceptual=0.0, checkpoint_every=4, sample_every=1000, log_every=1, deterministic=True,
-                progress=False, tensorboard=False)
-    base.update(kw)
-    return TrainConfig(**base)
+    return tiny_train_config(data, out, **kw)
 
 
 def read_losses(run):
