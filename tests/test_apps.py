@@ -185,7 +185,7 @@ def test_interp_and_gaze_views_follow_the_datasets_world(tiny_set):
 @pytest.mark.parametrize("argv,expect", [
     (["fit", "{root}/nope", "--out", "{tmp}/o"], "no such file or directory"),
     (["fit", "{root}:nobody", "--out", "{tmp}/o"], "source {root}: no person ['nobody']"),
-    (["fit", "{root}", "--out", "{tmp}/o", "--iters", "-1"], "--iters: expected an integer >= 0"),
+    (["fit", "{root}", "--out", "{tmp}/o", "--iters", "-1"], "--iters: expected an integer in [0, "),
     (["fit", "{root}", "--out", "{tmp}/o", "--split", "val"], "--split 'val'"),
     (["fit", "{tmp}/clip.mp4", "--out", "{tmp}/o"], "raw video/image folder"),
     (["drive", "--target", "{root}:p0000", "--driver", "{root}:p0003", "--out", "{tmp}/d.txt"], "--out: expected a file ending in .mp4 or .gif"),
@@ -289,3 +289,12 @@ def test_fit_one_image_prints_its_expected_time(tiny_set, tiny_ckpt, tmp_path, c
         assert main(["fit", tiny_set, "--checkpoint", tiny_ckpt, "--out", str(tmp_path / f"bad{bad}"), "--iters", "1",
                      "--frames", bad, "--no-lpips", "--no-csim", "--no-progress"]) == 2
         assert "--frames" in capsys.readouterr().err
+
+
+def test_fit_names_its_flags_and_leaves_no_empty_out(tiny_set, tiny_ckpt, tmp_path, capsys):
+    for argv, flag in ((["--reg-pose", "-1"], "--reg-pose"), (["--iters", str(10**12)], "--iters"),
+                       (["--frames", "9"], "--frames")):
+        out = tmp_path / f"o{flag}"
+        assert main(["fit", tiny_set, "--checkpoint", tiny_ckpt, "--out", str(out), "--no-lpips", "--no-csim",
+                     "--no-progress", *argv]) == 2
+        assert flag in capsys.readouterr().err and not out.exists()

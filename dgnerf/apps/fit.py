@@ -44,6 +44,10 @@ from dgnerf.model import RenderOptions
 from dgnerf.preprocess.pipeline import Options, run
 
 
+MAX_ITERS = 1_000_000  # a bound that names the flag instead of a run that never ends
+FLAGS = {"reg_rotation": "--reg-pose", "reg_translation": "--reg-pose"}  # fields set by one flag of `dgnerf fit`
+
+
 @dataclass
 class FitConfig:
     iters: int = 300
@@ -66,10 +70,10 @@ class FitConfig:
     path: str = "fast"
 
     def check(self) -> "FitConfig":
-        if not (isinstance(self.iters, int) and self.iters >= 0):
-            raise DgnerfError(f"--iters: expected an integer >= 0, got {self.iters!r}")
-        if not (isinstance(self.finetune_iters, int) and self.finetune_iters >= 0):
-            raise DgnerfError(f"--finetune-iters: expected an integer >= 0, got {self.finetune_iters!r}")
+        if not (isinstance(self.iters, int) and 0 <= self.iters <= MAX_ITERS):
+            raise DgnerfError(f"--iters: expected an integer in [0, {MAX_ITERS}], got {self.iters!r}")
+        if not (isinstance(self.finetune_iters, int) and 0 <= self.finetune_iters <= MAX_ITERS):
+            raise DgnerfError(f"--finetune-iters: expected an integer in [0, {MAX_ITERS}], got {self.finetune_iters!r}")
         if self.iters + self.finetune_iters == 0:
             raise DgnerfError("--iters and --finetune-iters are both 0: nothing to fit")
         for name in ("lr_identity", "lr_expression", "lr_rotation", "lr_translation", "finetune_lr"):
@@ -81,7 +85,8 @@ class FitConfig:
         for name in ("lambda_perceptual", "reg_identity", "reg_expression", "reg_rotation", "reg_translation"):
             v = getattr(self, name)
             if not (math.isfinite(v) and v >= 0):
-                raise DgnerfError(f"--{name.replace('_', '-')}: expected a number >= 0, got {v!r}")
+                flag = FLAGS.get(name, "--" + name.replace("_", "-"))
+                raise DgnerfError(f"{flag}: expected a number >= 0, got {v!r}")
         if not (isinstance(self.batch, int) and self.batch >= 1):
             raise DgnerfError(f"--batch: expected an integer >= 1, got {self.batch!r}")
         if self.path not in ("fast", "reference"):

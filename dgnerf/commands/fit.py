@@ -4,6 +4,7 @@ saw (dgnerf.apps.fit). Writes DIR/codes.safetensors, DIR/identity_<person>.safet
 from __future__ import annotations
 
 import os
+import shutil
 
 from dgnerf.apps.fit import (
     FitConfig,
@@ -102,11 +103,17 @@ def run(args):
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise DgnerfError(f"--out {args.out!r}: exists and is not a directory")
     model = load_model(args.checkpoint, args.device)
+    created = not os.path.exists(args.out)
     os.makedirs(args.out, exist_ok=True)
-    targets, data_root = _resolve_source(args, model.cfg, args.out)
-    if args.frames is not None:
-        targets = [tg.subset(_frame_list(args.frames)) for tg in targets]
-    vgg, lpips_vgg = vggs(args, cfg.lambda_perceptual > 0)
+    try:  # a problem found before fitting starts leaves no --out directory behind
+        targets, data_root = _resolve_source(args, model.cfg, args.out)
+        if args.frames is not None:
+            targets = [tg.subset(_frame_list(args.frames)) for tg in targets]
+        vgg, lpips_vgg = vggs(args, cfg.lambda_perceptual > 0)
+    except BaseException:
+        if created:
+            shutil.rmtree(args.out, ignore_errors=True)
+        raise
     dev = next(model.parameters()).device
     if vgg is not None:
         vgg = vgg.to(dev)
