@@ -45,7 +45,19 @@ def _check(sigma, features, depths, deltas, background, threshold):
     return lead, S, C
 
 
-def integrate_features(sigma, features, depths, deltas, background, threshold=0.0):
+def integrate_features(sigma: torch.Tensor, features: torch.Tensor, depths: torch.Tensor, deltas: torch.Tensor,
+                       background: torch.Tensor, threshold: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Volume-integrate per-sample features along rays (the formula is in the module docstring).
+
+    Args:
+        sigma: densities [..., S] (after the activation), float32 or float64.
+        features: per-sample features [..., S, C], the same dtype.
+        depths: sample depths t_i [..., S]; deltas: t_{i+1} - t_i [..., S] (the last closes the interval).
+        background: the background feature [C].
+        threshold: 0 (exact) or a transmittance in (0, 1) below which a ray stops (early termination).
+    Returns:
+        feature [..., C], opacity [...], depth [...].
+    """
     lead, S, C = _check(sigma, features, depths, deltas, background, threshold)
     if features.device.type == "cpu" and features.dtype not in (torch.float32, torch.float64):
         _common.fail(OP, f"argument 'features' expected float32 or float64 on CPU, got {features.dtype}")

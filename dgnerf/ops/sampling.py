@@ -59,7 +59,20 @@ def _check_flags(stratified, seed):
         _common.fail(OP, f"argument 'seed' expected an int in [-2^63, 2^63), got {seed!r}")
 
 
-def sample_rays(c2w, intrinsics, height, width, n_samples, near, far, stratified=False, seed=0, sphere_radius=0.0):
+def sample_rays(c2w: torch.Tensor, intrinsics: torch.Tensor, height: int, width: int, n_samples: int, near: float,
+                far: float, stratified: bool = False, seed: int = 0,
+                sphere_radius: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rays of a batch of pinhole cameras and their sample depths (conventions in the module docstring).
+
+    Args:
+        c2w: camera-to-world [B, 3, 4] or [B, 4, 4], float32 or float64 (OpenCV axes).
+        intrinsics: (fx, fy, cx, cy) [B, 4] in pixels of the height x width grid.
+        height, width: the ray grid (the feature map); n_samples: S depths per ray.
+        near, far: the depth interval; sphere_radius > 0 clips it to the sphere |x| <= radius.
+        stratified: seeded jitter within each depth bin (training) instead of the bins' midpoints; seed: its seed.
+    Returns:
+        points [B, H*W, S, 3], dirs [B, H*W, 3] (unit), depths [B, H*W, S], deltas [B, H*W, S].
+    """
     _check(c2w, intrinsics, height, width, n_samples, near, far, sphere_radius)
     _check_flags(stratified, seed)
     if _common.checks_enabled():
