@@ -21,6 +21,7 @@ import time
 import torch
 
 from dgnerf.apps.demo import DEMO_TRAIN
+from dgnerf.apps.fit import render
 from dgnerf.data import HeadDataset
 from dgnerf.data.synthetic import build_synthetic_dataset
 from dgnerf.media import grid, save_png, to_uint8
@@ -84,11 +85,8 @@ def _dataset(root: str, seed: int, size: str = "small", persons: int | None = No
 
 @torch.no_grad()
 def _evaluate(model, store, idx: list[int]) -> tuple[float, torch.Tensor, torch.Tensor]:
-    model.eval()
     b = store.batch(idx, "cpu")
-    preds = [model(b["identity"][i:i + 8], b["expression"][i:i + 8], b["c2w"][i:i + 8], b["intrinsics"][i:i + 8]).image
-             for i in range(0, len(idx), 8)]
-    pred = torch.cat(preds)
+    pred = render(model, b["identity"], b["expression"], b["c2w"], b["intrinsics"])
     return float(masked_psnr(pred, b["image"], b["mask"]).mean()), pred, b["image"]
 
 

@@ -19,7 +19,7 @@ import time
 import torch
 
 from dgnerf.apps.drive import drive_frames, driver_from_dataset
-from dgnerf.apps.fit import FitConfig, fit_person, targets_from_dataset
+from dgnerf.apps.fit import FitConfig, fit_person, render, targets_from_dataset
 from dgnerf.apps.interp import interpolation_grid
 from dgnerf.camera import orbit_c2w
 from dgnerf.data import HeadDataset, check_dataset
@@ -44,19 +44,8 @@ DEMO_DESCRIPTION = ("hash-grid position encoding (12 levels, 2^15 x 2, 8..256 ce
 DEMO_TRAIN = dict(batch_size=8, lr=2e-3, lr_final=2e-4, lambda_perceptual=0.0, lr_scale={"encoding": 10.0})
 DEMO_STEPS = 3000
 DEMO_MINUTES = 7  # training + outputs on a quiet 2-core machine (measured: docs/convergence.md)
-DEMO_DATA: dict = {}  # build_synthetic_dataset overrides of the built-in "small" set
-# Fitting ONE image of an unseen person: codes and camera, then a copy of the model (docs/convergence.md).
+# Fitting ONE image of an unseen person: its identity and expression codes and camera (no fine-tuning).
 DEMO_FIT = FitConfig(iters=100, finetune_iters=0, batch=1)
-
-
-def _frames_to_video(frames, path, fps=15.0):
-    return write_video(frames, path, fps)
-
-
-@torch.no_grad()
-def _render(model, z, beta, c2w, K):
-    model.eval()
-    return model(z, beta, c2w, K).image
 
 
 def make_outputs(run_dir: str, data_dir: str, out_dir: str, log=print) -> dict:
@@ -74,8 +63,8 @@ def make_outputs(run_dir: str, data_dir: str, out_dir: str, log=print) -> dict:
     # 1. held-out people: render their frames from their own codes and cameras (no fitting)
     store = FrameStore(test_set, cfg.image_size, cfg.feature_size, 1.0, progress=False)
     b = store.batch(list(range(len(store))), "cpu")
-    pred = torch.cat([_render(model, b["identity"][i:i + 8], b["expression"][i:i + 8], b["c2w"][i:i + 8],
-                              b["intrinsics"][i:i + 8]) for i in range(0, len(store), 8)])
+    with torch.no_grad():
+        pred = render(model, b["identity"], b["expression"], b["c2w"], b["intrinsics"])
     psnr = masked_psnr(pred, b["image"], b["mask"])
     l1 = masked_l1(pred, b["image"], b["mask"])
     results["heldout"] = {"frames": len(store), "persons": test_set.split_persons,
@@ -89,8 +78,8 @@ def make_outputs(run_dir: str, data_dir: str, out_dir: str, log=print) -> dict:
     tstore = FrameStore(train_set, cfg.image_size, cfg.feature_size, 1.0, progress=False)
     idx = [int(i) for i in torch.linspace(0, len(tstore) - 1, min(48, len(tstore))).round()]
     tb = tstore.batch(idx, "cpu")
-    tpred = torch.cat([_render(model, tb["identity"][i:i + 8], tb["expression"][i:i + 8], tb["c2w"][i:i + 8],
-                               tb["intrinsics"][i:i + 8]) for i in range(0, len(idx), 8)])
+    with torch.no_grad():
+        tpred = render(model, tb["identity"], tb["expression"], tb["c2w"], tb["intrinsics"])
     results["train"] = {"frames": len(idx), "masked_psnr_db": round(float(masked_psnr(tpred, tb["image"], tb["mask"]).mean()), 3)}
     pick = list(range(0, len(idx), max(1, len(idx) // 8)))[:8]
     tiles = [to_uint8(tb["image"][i]) for i in pick] + [to_uint8(tpred[i]) for i in pick]
@@ -112,12 +101,10 @@ def make_outputs(run_dir: str, data_dir: str, out_dir: str, log=print) -> dict:
     n_frames = 48
     t = torch.arange(n_frames) / n_frames * 2 * math.pi
     cams = views(30 * torch.sin(t), 10 * torch.sin(2 * t))
-    frames = []
-    for i in range(0, n_frames, 8):
-        m = cams[i:i + 8].shape[0]
-        img = _render(model, z0.expand(m, -1), beta0.expand(m, -1), cams[i:i + 8], K1.expand(m, -1))
-        frames += [to_uint8(x).repeat(scale, 0).repeat(scale, 1) for x in img]
-    results["orbit"] = os.path.basename(_frames_to_video(frames, os.path.join(out_dir, "orbit_train_person.mp4")))
+    with torch.no_grad():
+        img = render(model, z0.expand(n_frames, -1), beta0.expand(n_frames, -1), cams, K1.expand(n_frames, -1))
+    frames = [to_uint8(x).repeat(scale, 0).repeat(scale, 1) for x in img]
+    results["orbit"] = os.path.basename(write_video(frames, os.path.join(out_dir, "orbit_train_person.mp4"), 15.0))
 
     # 3. identity interpolation: two training people, 7 steps, 3 views (rows), the set's mean expression
 
@@ -182,11 +169,8 @@ def fit_one_image(model, data_dir: str, out_dir: str, scale: int, log=print) -> 
     fitted = res.model if res.model is not None else model
     rest = target.subset(others)
     with torch.no_grad():
-        init_rest = torch.cat([_render(model, rest.identity[i:i + 8], rest.expression[i:i + 8], rest.c2w[i:i + 8],
-                                       rest.intrinsics[i:i + 8]) for i in range(0, len(rest), 8)])
-        z = res.identity.expand(len(rest), -1)
-        fit_rest = torch.cat([_render(fitted, z[i:i + 8], rest.expression[i:i + 8], rest.c2w[i:i + 8],
-                                      rest.intrinsics[i:i + 8]) for i in range(0, len(rest), 8)])
+        init_rest = render(model, rest.identity, rest.expression, rest.c2w, rest.intrinsics)
+        fit_rest = render(fitted, res.identity.expand(len(rest), -1), rest.expression, rest.c2w, rest.intrinsics)
     psnr_init_rest = masked_psnr(init_rest, rest.image, rest.mask)
     psnr_rest = masked_psnr(fit_rest, rest.image, rest.mask)
     out = {
@@ -235,7 +219,7 @@ def run_demo(out: str = "out", steps: int | None = None, size: str = "small", se
         log(f"[demo] 1/3 using the built-in head set already in {data}")
     else:
         log(f"[demo] 1/3 building the built-in head set ({size}) in {data}")
-        build_synthetic_dataset(data, size=size, seed=seed, overwrite=True, progress=True, **DEMO_DATA)
+        build_synthetic_dataset(data, size=size, seed=seed, overwrite=True, progress=True)
     run_dir = os.path.join(out, "run")
     log(f"[demo] 2/3 training {steps} steps on {torch.get_num_threads()} CPU threads -> {run_dir} "
         f"(model: {DEMO_DESCRIPTION}; about {DEMO_MINUTES} minutes on a quiet 2-core machine)")

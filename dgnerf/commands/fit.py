@@ -98,8 +98,7 @@ def run(args):
     cfg = fit_config(args)
     if args.max_frames is not None and args.max_frames < 0:
         raise DgnerfError(f"--max-frames: expected a number of frames >= 1 (0 = all), got {args.max_frames}")
-    if args.frames is not None:
-        _frame_list(args.frames)  # a bad list is reported before anything is loaded
+    rows = None if args.frames is None else _frame_list(args.frames)  # reported before anything is loaded
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise DgnerfError(f"--out {args.out!r}: exists and is not a directory")
     model = load_model(args.checkpoint, args.device)
@@ -107,8 +106,8 @@ def run(args):
     os.makedirs(args.out, exist_ok=True)
     try:  # a problem found before fitting starts leaves no --out directory behind
         targets, data_root = _resolve_source(args, model.cfg, args.out)
-        if args.frames is not None:
-            targets = [tg.subset(_frame_list(args.frames)) for tg in targets]
+        if rows is not None:
+            targets = [tg.subset(rows) for tg in targets]
         vgg, lpips_vgg = vggs(args, cfg.lambda_perceptual > 0)
     except BaseException:
         if created:
