@@ -18,6 +18,7 @@ import sys
 
 import dgnerf
 import dgnerf.commands as commands
+from dgnerf import threads
 from dgnerf.errors import DgnerfError
 
 # Errors a user can act on: their message says what is wrong with an argument, a file or the machine.
@@ -91,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 1
     name = getattr(args, "command", None) or "dgnerf"
+    threads.configure()  # the CPUs this process may use (affinity, cgroup quota), unless OMP_NUM_THREADS says
     try:
         rc = args.func(args)
     except KeyboardInterrupt:

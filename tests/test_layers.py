@@ -1,7 +1,7 @@
 """The package's layers, checked from the import statements themselves (docs/design.md, "Layers").
 
     commands, cli -> apps -> {train, preprocess, metrics, losses} -> {model, data} ->
-    {camera, codes, media, assets, face} -> ops -> {_ext, errors, fileio}
+    {camera, codes, media, assets, face} -> ops -> {_ext, errors, fileio, threads}
 
 A module may import from its own layer or any layer below, never above; no import cycles; every `dgnerf`
 import sits at module level (function-level imports would hide the graph), except the extension's own loader.
@@ -13,7 +13,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1] / "dgnerf"
 LAYERS = [
-    ("dgnerf._version", "dgnerf._ext", "dgnerf.errors", "dgnerf.fileio", "dgnerf._C"),
+    ("dgnerf._version", "dgnerf._ext", "dgnerf.errors", "dgnerf.fileio", "dgnerf.threads", "dgnerf._C"),
     ("dgnerf", "dgnerf.ops"),
     ("dgnerf.camera", "dgnerf.codes", "dgnerf.media", "dgnerf.assets", "dgnerf.face"),
     ("dgnerf.model", "dgnerf.data"),

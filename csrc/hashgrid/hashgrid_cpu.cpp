@@ -19,6 +19,7 @@
 #include "dgnerf/alloc.h"
 #include "dgnerf/checks.h"
 #include "dgnerf/hashgrid.h"
+#include "dgnerf/parallel.h"
 
 namespace dgnerf {
 namespace {
@@ -46,7 +47,7 @@ void hash_forward_cpu_kernel(const scalar_t* x, const scalar_t* table, out_t* ou
                              const HashGrid<scalar_t>& g) {
   const int64_t F = FC > 0 ? FC : F_rt;
   const int64_t L = g.n_levels, T = g.table_size, LF = L * F;
-  at::parallel_for(0, N, 2048, [&](int64_t n0, int64_t n1) {
+  parallel_dynamic(0, N, 2048, [&](int64_t n0, int64_t n1) {
     scalar_t acc_fixed[FC > 0 ? FC : 1];
     std::vector<scalar_t> acc_dyn(FC > 0 ? 0 : F);
     scalar_t* acc = FC > 0 ? acc_fixed : acc_dyn.data();
@@ -81,7 +82,7 @@ void hash_backward_table_cpu_kernel(const grad_t* gout, const scalar_t* x, scala
   const int64_t threads = at::get_num_threads();
   // Slices only when threads outnumber levels, and never thinner than 4096 rows.
   const int64_t slices = std::max<int64_t>(1, std::min<int64_t>((threads + L - 1) / L, T / 4096));
-  at::parallel_for(0, L * slices, 1, [&](int64_t t0, int64_t t1) {
+  parallel_dynamic(0, L * slices, 1, [&](int64_t t0, int64_t t1) {
     scalar_t gf_fixed[FC > 0 ? FC : 1];
     std::vector<scalar_t> gf_dyn(FC > 0 ? 0 : F);
     scalar_t* gf = FC > 0 ? gf_fixed : gf_dyn.data();
@@ -119,7 +120,7 @@ void hash_backward_x_cpu_kernel(const grad_t* gout, const scalar_t* x, const sca
                                 int64_t F_rt, const HashGrid<scalar_t>& g) {
   const int64_t F = FC > 0 ? FC : F_rt;
   const int64_t L = g.n_levels, T = g.table_size, LF = L * F;
-  at::parallel_for(0, N, 2048, [&](int64_t n0, int64_t n1) {
+  parallel_dynamic(0, N, 2048, [&](int64_t n0, int64_t n1) {
     HashCorners<scalar_t> cb[kBlock];
     std::fill(gx + 3 * n0, gx + 3 * n1, scalar_t(0));
     for (int64_t l = 0; l < L; ++l) {

@@ -15,6 +15,7 @@
 #include "dgnerf/checks.h"
 #include "dgnerf/integrate.h"
 #include "dgnerf/math.h"
+#include "dgnerf/parallel.h"
 
 namespace dgnerf {
 namespace {
@@ -24,7 +25,7 @@ void integrate_forward_cpu_kernel(const scalar_t* sigma, const scalar_t* feat, c
                                   const scalar_t* deltas, const scalar_t* bg, scalar_t* out_f, scalar_t* out_o,
                                   scalar_t* out_d, int64_t R, int64_t S, int64_t C, double threshold) {
   const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, S * C / 64));
-  at::parallel_for(0, R, grain, [&](int64_t r0, int64_t r1) {
+  parallel_dynamic(0, R, grain, [&](int64_t r0, int64_t r1) {
     std::vector<scalar_t> w(S);
     for (int64_t r = r0; r < r1; ++r) {
       const scalar_t* sg = sigma + r * S;
@@ -58,7 +59,7 @@ void integrate_backward_cpu_kernel(const scalar_t* g_f, const scalar_t* g_o, con
                                    int64_t R,
                                    int64_t S, int64_t C, double threshold) {
   const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, S * C / 64));
-  at::parallel_for(0, R, grain, [&](int64_t r0, int64_t r1) {
+  parallel_dynamic(0, R, grain, [&](int64_t r0, int64_t r1) {
     std::vector<scalar_t> w(S), Tn(S), v(S);
     for (int64_t r = r0; r < r1; ++r) {
       const scalar_t* sg = sigma + r * S;

@@ -12,10 +12,15 @@
 
 #include "dgnerf/checks.h"
 #include "dgnerf/mlp.h"
+#include "dgnerf/parallel.h"
 
 namespace dgnerf {
 
 namespace {
+
+// Groups of tiles with their own weight-gradient accumulators in the backward pass: enough that a
+// descheduled thread holds up a small part of it, few enough that zeroing and adding them is cheap.
+constexpr int64_t kBackwardGroups = 16;
 
 at::Tensor to_compute(const at::Tensor& t, at::ScalarType ct) {
   // Detached: the kernel's inner ATen calls must never record autograd history (worker threads
@@ -241,7 +246,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mlp_forward_impl(
   } else {
     int64_t per_image = 0;
     const int64_t nt = num_tiles(m, tile, &per_image);
-    at::parallel_for(0, nt, 1, [&](int64_t t0, int64_t t1) {
+    parallel_dynamic(0, nt, 1, [&](int64_t t0, int64_t t1) {
       std::vector<at::Tensor> work;  // per-worker tiles, reused across its tiles (stay in cache)
       for (int64_t t = t0; t < t1; ++t) {
         int64_t r0, r1;
@@ -426,25 +431,20 @@ mlp_backward_impl(const at::Tensor& grad_sigma, const at::Tensor& grad_out, cons
   } else {
     int64_t per_image = 0;
     const int64_t nt = num_tiles(m, tile, &per_image);
-    const int nthreads = at::get_num_threads();
-    std::vector<MlpGrads> part(nthreads);
-    std::vector<char> used(nthreads, 0);
-    at::parallel_for(0, nt, 1, [&](int64_t t0, int64_t t1) {
-      const int tid = at::get_thread_num();
-      MlpGrads& acc = part[tid];
-      if (!used[tid]) {
-        acc.zeros(m, acc_opt);
-        used[tid] = 1;
-      }
+    // Weight gradients are summed per fixed group of tiles, then over the groups in order: the same bits
+    // whatever the thread count or which thread took which group (parallel.h).
+    const int64_t groups = std::min<int64_t>(nt, kBackwardGroups);
+    std::vector<MlpGrads> part(groups);
+    parallel_groups(nt, groups, [&](int64_t g, int64_t t0, int64_t t1) {
+      MlpGrads& acc = part[g];
+      acc.zeros(m, acc_opt);
       for (int64_t t = t0; t < t1; ++t) {
         int64_t r0, r1;
         tile_rows(m, tile, per_image, t, &r0, &r1);
         mlp_backward_rows(m, w, r0, r1, gsig, gout, acts, g_x, g_d, acc);
       }
     });
-    for (int i = 0; i < nthreads; ++i) {
-      if (used[i]) total.add(part[i]);
-    }
+    for (const MlpGrads& p : part) total.add(p);
   }
   const auto out_t = [&](const at::Tensor& t) {
     return t.defined() ? t.to(x_enc.scalar_type()) : at::empty({0}, x_enc.options());

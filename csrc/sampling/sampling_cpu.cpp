@@ -4,6 +4,7 @@
 #include <torch/library.h>
 
 #include "dgnerf/sampling.h"
+#include "dgnerf/parallel.h"
 
 namespace dgnerf {
 namespace {
@@ -29,7 +30,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sample_rays_cpu(const
     scalar_t* D = dirs.data_ptr<scalar_t>();
     scalar_t* T = depths.data_ptr<scalar_t>();
     scalar_t* DL = deltas.data_ptr<scalar_t>();
-    at::parallel_for(0, B * R, std::max<int64_t>(1, 8192 / S), [&](int64_t i0, int64_t i1) {
+    parallel_dynamic(0, B * R, std::max<int64_t>(1, 8192 / S), [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) {
         const int64_t b = i / R, r = i % R;
         sample_one_ray<scalar_t>(cw + b * cstride, K + b * 4, r % width, r / width, S,

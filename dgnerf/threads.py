@@ -1,0 +1,88 @@
+"""CPU threads: how many the process may really use, and how idle ones wait (docs/performance.md, "A busy machine").
+
+torch starts one intra-op thread per core it sees. A process confined to fewer CPUs (taskset, a container's CPU
+quota, a job scheduler's cgroup) then runs more threads than it has CPUs, and every parallel region waits for a
+thread that is not running. `usable_cpus()` is what the process may actually use: its affinity mask, capped by
+a cgroup CPU quota (v2 `cpu.max`, v1 `cpu.cfs_quota_us`). `configure()` sets torch's thread count from it unless
+the user chose one (OMP_NUM_THREADS, or an explicit number).
+
+Idle OpenMP threads: `dgnerf` (the command) starts with OMP_WAIT_POLICY=PASSIVE unless the environment sets it:
+a thread that finishes its share sleeps instead of spinning, so on a busy machine it gives its core back to the
+threads that still have work (ours or another process's). The policy is read once, when torch loads its OpenMP
+runtime, so it only applies where dgnerf sets it before torch is imported (the command); a program that imports
+torch first keeps its own setting.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+WAIT_POLICY = "PASSIVE"
+
+
+def set_wait_policy() -> bool:
+    """OMP_WAIT_POLICY=PASSIVE unless the environment sets one; True if it was set here. Effective only before
+    torch (its OpenMP runtime) is loaded."""
+    if "OMP_WAIT_POLICY" in os.environ:
+        return False
+    os.environ["OMP_WAIT_POLICY"] = WAIT_POLICY
+    return True
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def cgroup_cpu_limit(root: str = "/sys/fs/cgroup") -> float | None:
+    """The CPU quota of this process's cgroup in CPUs (e.g. 1.5), or None when there is none."""
+    v2 = _read(os.path.join(root, "cpu.max"))  # "max 100000" or "<quota> <period>"
+    if v2:
+        parts = v2.split()
+        if len(parts) == 2 and parts[0] != "max":
+            try:
+                quota, period = int(parts[0]), int(parts[1])
+            except ValueError:
+                return None
+            return quota / period if quota > 0 and period > 0 else None
+        return None
+    quota, period = _read(os.path.join(root, "cpu", "cpu.cfs_quota_us")), _read(os.path.join(root, "cpu", "cpu.cfs_period_us"))
+    try:
+        q, p = int(quota), int(period)
+    except (TypeError, ValueError):
+        return None
+    return q / p if q > 0 and p > 0 else None
+
+
+def usable_cpus(root: str = "/sys/fs/cgroup") -> int:
+    """CPUs this process may run on: the affinity mask, capped by the cgroup quota (rounded up), at least 1."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    limit = cgroup_cpu_limit(root)
+    if limit is not None:
+        n = min(n, max(1, math.ceil(limit)))
+    return max(1, n)
+
+
+def configure(threads: int | None = None) -> int:
+    """Set torch's intra-op thread count: `threads` if given, else OMP_NUM_THREADS if the user set it (torch already
+    follows it), else usable_cpus(). Returns the count in effect."""
+    import torch  # the lowest layer: torch is imported here, after set_wait_policy() had its chance
+
+    if threads is not None:
+        if not 1 <= int(threads) <= 1024:
+            raise ValueError(f"threads: expected 1..1024, got {threads}")
+        torch.set_num_threads(int(threads))
+    elif not os.environ.get("OMP_NUM_THREADS"):
+        n = usable_cpus()
+        if n != torch.get_num_threads():
+            torch.set_num_threads(n)
+    return torch.get_num_threads()
+
+
+__all__ = ["WAIT_POLICY", "cgroup_cpu_limit", "configure", "set_wait_policy", "usable_cpus"]

@@ -1,0 +1,94 @@
+"""CPU threads on a busy or confined machine (dgnerf/threads.py, csrc/include/dgnerf/parallel.h): the thread
+count taken from what the process may use, the OpenMP wait policy of the `dgnerf` command, and kernels whose
+results do not depend on how many threads ran them or which thread took which piece of work."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from dgnerf import threads
+from tests.test_mlp import HAS_KERNEL, make_mlp, params_of, run_fused
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _cgroup(tmp_path, files: dict) -> str:
+    for name, text in files.items():
+        p = tmp_path / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+    return str(tmp_path)
+
+
+def test_cgroup_v2_quota(tmp_path):
+    assert threads.cgroup_cpu_limit(_cgroup(tmp_path / "a", {"cpu.max": "150000 100000\n"})) == 1.5
+    assert threads.cgroup_cpu_limit(_cgroup(tmp_path / "b", {"cpu.max": "max 100000\n"})) is None
+    assert threads.cgroup_cpu_limit(_cgroup(tmp_path / "c", {"cpu.max": "garbage\n"})) is None
+    assert threads.cgroup_cpu_limit(str(tmp_path / "none")) is None
+
+
+def test_cgroup_v1_quota(tmp_path):
+    root = _cgroup(tmp_path, {"cpu/cpu.cfs_quota_us": "50000\n", "cpu/cpu.cfs_period_us": "100000\n"})
+    assert threads.cgroup_cpu_limit(root) == 0.5
+    unlimited = _cgroup(tmp_path / "u", {"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"})
+    assert threads.cgroup_cpu_limit(unlimited) is None
+
+
+def test_usable_cpus_is_capped_by_the_quota(tmp_path):
+    affinity = len(os.sched_getaffinity(0))
+    assert threads.usable_cpus(str(tmp_path / "none")) == affinity
+    assert threads.usable_cpus(_cgroup(tmp_path / "q", {"cpu.max": "100000 100000\n"})) == 1
+    # a fractional quota rounds up, never to 0
+    assert threads.usable_cpus(_cgroup(tmp_path / "f", {"cpu.max": "20000 100000\n"})) == 1
+
+
+def _python(code: str, **env) -> str:
+    e = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
+    e.update(env, PYTHONPATH=ROOT)
+    return subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True, check=True,
+                          timeout=120).stdout.strip()
+
+
+def test_wait_policy_is_passive_unless_the_environment_says():
+    code = "import dgnerf, os; print(os.environ['OMP_WAIT_POLICY'])"
+    assert _python(code) == "PASSIVE"
+    assert _python(code, OMP_WAIT_POLICY="ACTIVE") == "ACTIVE"
+
+
+def test_configure_follows_the_affinity_mask():
+    code = "import os; os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]}); from dgnerf import threads; print(threads.configure())"
+    assert _python(code) == "1"
+    # the user's OMP_NUM_THREADS wins: torch's own count is left as it is
+    code2 = ("import os; os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]}); import torch; n = torch.get_num_threads(); "
+             "from dgnerf import threads; print(threads.configure() == n, n)")
+    assert _python(code2, OMP_NUM_THREADS="2").startswith("True 2")
+
+
+def test_configure_rejects_a_bad_count():
+    with pytest.raises(ValueError, match="threads: expected 1..1024, got 0"):
+        threads.configure(0)
+
+
+@pytest.mark.skipif(not HAS_KERNEL, reason="dgnerf._C without field_mlp")
+def test_mlp_gradients_do_not_depend_on_the_thread_count():
+    """The backward sums weight gradients per fixed group of tiles: the same bits with 1, 2 or 3 threads."""
+    torch.manual_seed(0)
+    m = make_mlp(B=2, P=3000)
+    g = torch.randn(2, 3000, 48)
+    prev = torch.get_num_threads()
+    grads = []
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            for p in params_of(m):
+                p.grad = None
+            sigma, feat = run_fused(m)
+            ((feat * g).sum() + sigma.square().sum()).backward()
+            grads.append([p.grad.clone() for p in params_of(m)])
+    finally:
+        torch.set_num_threads(prev)
+    for other in grads[1:]:
+        for a, b in zip(grads[0], other):
+            assert torch.equal(a, b)
