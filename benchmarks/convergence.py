@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from dgnerf.apps.demo import DEMO_TRAIN
+from dgnerf.apps.demo import DEMO_DATA, DEMO_MODEL, DEMO_TRAIN
 from dgnerf.apps.fit import render
 from dgnerf.data import HeadDataset
 from dgnerf.data.synthetic import build_synthetic_dataset
@@ -34,11 +34,18 @@ from dgnerf.train.trainer import FrameStore
 HASHGRID = dict(position_encoding="hashgrid", hash_levels=12, hash_table_size=2**15, hash_features=2,
                 hash_base_resolution=8, hash_finest_resolution=256)
 # Every run starts from the small preset with the paper's frequency encoding and one learning rate (the demo's
-# settings before this study); the demo now uses the "hashgrid-lr10" row.
+# settings before this study); the "demo" row is what the demo uses now.
 BASE_MODEL = PRESETS["small"]
-BASE_TRAIN = {k: v for k, v in DEMO_TRAIN.items() if k != "lr_scale"}
+BASE_TRAIN = dict(batch_size=8, lr=2e-3, lr_final=2e-4, lambda_perceptual=0.0)
+# Many people, few frames each: 320 training frames (the small set: 200) of 8x the identities.
+MANY = {"persons": 84, "frames": 4, "test_persons": 4}
+# A 3 x 64 field MLP (skip at layer 1) with a 32-wide direction layer.
+W64 = dict(mlp_depth=3, mlp_width=64, skip_layer=1, dir_width=32)
 # name -> (model overrides, train overrides, data overrides, what the row changes)
 RUNS = {
+    "demo": ({k: v for k, v in DEMO_MODEL.items() if BASE_MODEL.get(k) != v}, DEMO_TRAIN,
+             {"persons": DEMO_DATA["persons"], "frames": DEMO_DATA["frames_per_person"], "test_persons": DEMO_DATA["test_persons"]},
+             "the demo's settings (dgnerf.apps.demo)"),
     "demo-frequency": ({}, {}, {}, "the demo's model: frequency encoding (the paper's), one learning rate"),
     "demo-hashgrid": (HASHGRID, {}, {}, "hash-grid encoding, one learning rate"),
     "hashgrid-lr10": (HASHGRID, {"lr_scale": {"encoding": 10.0}}, {}, "hash grid, table learning rate x10"),
@@ -68,6 +75,25 @@ RUNS = {
                                    {"persons": 2, "test_persons": 1}, "diagnostic: ONE person, hash grid, lr 5e-3 -> 5e-4"),
     "hashgrid-lr10-idgain": (dict(HASHGRID, identity_gain=8.0, expression_gain=4.0), {"lr_scale": {"encoding": 10.0}},
                              {}, "hash grid, table x10, codes x8 (identity) / x4 (expression)"),
+    "hashgrid-lr10-p80": (HASHGRID, {"lr_scale": {"encoding": 10.0}}, MANY,
+                          "hash grid, table x10; data: 80 training people x 4 frames (+4 held out)"),
+    "hashgrid-lr10-fs32-s16-w64-p80": (dict(HASHGRID, feature_size=32, renderer_channels=(64,), n_samples=16, **W64),
+                                       {"lr_scale": {"encoding": 10.0}}, MANY,
+                                       "as p80, 32x32 feature map, one renderer block, 16 samples, 3x64 MLP"),
+    "hashgrid-lr10-fs32-s16-w64-b8": (dict(HASHGRID, feature_size=32, renderer_channels=(64,), n_samples=16, **W64),
+                                      {"lr_scale": {"encoding": 10.0}}, {},
+                                      "hash grid x10, 32x32 feature map, one renderer block, 16 samples, 3x64 MLP, batch 8"),
+    "p80-fs32-hash64": (dict(HASHGRID, feature_size=32, renderer_channels=(64,), n_samples=16, hash_levels=8,
+                             hash_finest_resolution=64, **W64), {"lr_scale": {"encoding": 10.0}}, MANY,
+                        "as fs32-s16-w64-p80, hash grid of 8 levels up to 64 cells (fewer collisions)"),
+    "p80-fs32-lr4e-3": (dict(HASHGRID, feature_size=32, renderer_channels=(64,), n_samples=16, **W64),
+                        {"lr": 4e-3, "lr_final": 4e-4, "lr_scale": {"encoding": 10.0}}, MANY,
+                        "as fs32-s16-w64-p80, learning rate 4e-3 -> 4e-4"),
+    "p80-fs32-s12-w96": (dict(HASHGRID, feature_size=32, renderer_channels=(64,), n_samples=12), {"lr_scale": {"encoding": 10.0}},
+                         MANY, "as p80, 32x32 feature map, one renderer block, 12 samples, the small preset's 4x96 MLP"),
+    "p80-fs32-lr8e-3": (dict(HASHGRID, feature_size=32, renderer_channels=(64,), n_samples=16, **W64),
+                        {"lr": 8e-3, "lr_final": 8e-4, "lr_scale": {"encoding": 10.0}}, MANY,
+                        "as fs32-s16-w64-p80, learning rate 8e-3 -> 8e-4"),
     "hashgrid-lr10-wide": (dict(HASHGRID, mlp_width=128, feature_dim=128, dir_width=64, renderer_channels=(128, 64)),
                            {"lr_scale": {"encoding": 10.0}}, {}, "hash grid, table x10, MLP 128 wide, 128 features, renderer 128-64"),
 }

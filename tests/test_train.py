@@ -181,3 +181,14 @@ def test_demo_rejects_non_positive_steps_and_minutes(tmp_path, capsys):
         err = capsys.readouterr().err
         assert argv[0] in err and err.count("\n") == 1, err
         assert not (tmp_path / "o").exists()
+
+
+def test_demo_reuses_its_own_set_only(tiny_set):
+    # an out/ from an older demo holds a set made with other settings: the demo rebuilds it rather than train on it
+    from dgnerf.apps.demo import _same_set
+
+    spec = dict(size="tiny", seed=3, persons=4, frames_per_person=3, test_persons=1)  # what tiny_set was built with
+    assert _same_set(tiny_set, spec)
+    assert not _same_set(tiny_set, dict(spec, persons=84))
+    assert not _same_set(tiny_set, dict(spec, seed=0))
+    assert not _same_set(tiny_set + "-missing", spec)
