@@ -167,6 +167,8 @@ def test_demo_outputs_from_a_short_run(tiny_set, tmp_path):
     ident = Image.open(out / "identity_interpolation.png")
     assert grid_img.size[0] == ident.size[0] and grid_img.size[1] > ident.size[1] * 1.2  # 4 rows vs 3
     assert 0.0 <= res["expression_mean_change"] <= 1.0
+    # the built-in set: the same change in the generator's own renders of that person, for comparison
+    assert 0.0 < res["expression_truth_change"] < 0.5
     assert math.isfinite(res["heldout"]["masked_psnr_db"])
     fitted = res["fitted"]  # the unseen person fitted from one image, its other frames with the fitted identity
     assert fitted["other_frames"] == 2 and all(math.isfinite(fitted[k]) for k in (

@@ -23,6 +23,7 @@ from dgnerf.apps.fit import FitConfig, fit_person, render, targets_from_dataset
 from dgnerf.apps.interp import interpolation_grid
 from dgnerf.camera import orbit_c2w
 from dgnerf.data import HeadDataset, check_dataset
+from dgnerf.data import synthetic
 from dgnerf.data.synthetic import build_synthetic_dataset
 from dgnerf.errors import DgnerfError
 from dgnerf.media import grid, loss_curve_png, save_png, to_uint8, write_video
@@ -142,6 +143,9 @@ def make_outputs(run_dir: str, data_dir: str, out_dir: str, log=print) -> dict:
     diff = [((x - front[0]).abs() * 4).clamp(0, 1) for x in front]
     # how much the expression moves the frontal image: mean |last - first| over the pixels (0..1 scale)
     results["expression_mean_change"] = round(float((front[-1] - front[0]).abs().mean()), 5)
+    truth = _truth_expression_change(train_set, train_set.frames[p0].person_index, E[i], E[j], dist, K1, cfg)
+    if truth is not None:  # the same change in the generator's own renders: what a perfect model would show
+        results["expression_truth_change"] = round(truth, 5)
     save_png(os.path.join(out_dir, "expression_interpolation.png"),
              grid([to_uint8(x) for x in imgs + diff], cols=7, scale=scale))
 
@@ -160,6 +164,26 @@ def make_outputs(run_dir: str, data_dir: str, out_dir: str, log=print) -> dict:
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
         json.dump(results, f, indent=1)
     return results
+
+
+def _truth_expression_change(dataset, person_index: int, code_a, code_b, distance: float, intrinsics, cfg) -> float | None:
+    """Mean |difference| between the built-in generator's own frontal renders of a person with two expression codes
+    (the expression grid's ends), at the model's image size and camera; None for a dataset the generator did not make."""
+    meta = dataset.manifest.get("meta", {})
+    basis = dataset.expression_basis()
+    if meta.get("generator") != "dgnerf.data.synthetic" or basis is None or "seed" not in meta:
+        return None
+    params = synthetic.person_parameters(int(meta["seed"]), int(person_index))
+    B = basis["basis"].double()
+    K = intrinsics[0].double() * (cfg.image_size / cfg.feature_size)  # feature-map pixels -> image pixels
+    c2w = orbit_c2w(0.0, 0.0, 0.0, distance).double().numpy()
+    imgs = []
+    for code in (code_a, code_b):
+        e = (code.double() @ B).numpy()
+        rgb, _ = synthetic.render_frames([synthetic.frame_params(params, e)], c2w, K[None].numpy(), cfg.image_size,
+                                         cfg.image_size, supersample=2)
+        imgs.append(torch.from_numpy(rgb[0]).double() / 255)
+    return float((imgs[1] - imgs[0]).abs().mean())
 
 
 def fit_one_image(model, data_dir: str, out_dir: str, scale: int, log=print) -> dict:

@@ -111,6 +111,11 @@ def sample_identity(rng: np.random.Generator) -> dict:
     return p
 
 
+def person_parameters(seed: int, k: int) -> dict:
+    """The identity parameters of person k of a built-in set made with `seed`."""
+    return sample_identity(np.random.default_rng([seed, k, 0]))
+
+
 def sample_expression(rng: np.random.Generator) -> np.ndarray:
     """Expression parameters (EXPRESSION_PARAMS order) drawn from a mixture of moods so that every set
     has visibly open mouths, smiles, raised brows, blinks and winks."""
@@ -776,7 +781,7 @@ def build_synthetic_dataset(out: str | os.PathLike, size: str = "small", seed: i
 
     people, jobs = [], []
     for k in range(n_p):
-        ident = sample_identity(np.random.default_rng([seed, k, 0]))
+        ident = person_parameters(seed, k)
         people.append(ident)
         zid = identity_code(ident)
         for j in range(n_f):
