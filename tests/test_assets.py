@@ -128,3 +128,16 @@ def test_assets_cli_lists(tmp_path, monkeypatch, capsys):
     assert main(["assets", "list"]) == 0
     out = capsys.readouterr().out
     assert "face_geometry" in out and "carphone" in out and "not fetched" in out
+
+
+def test_preprocess_requirements_match_the_package_extra():
+    # `dgnerf assets fetch` installs PREPROCESS_REQS itself (a checkout run without `pip install .[preprocess]`);
+    # the list must stay the pyproject extra's, or the two install paths drift apart
+    import pathlib
+    import tomllib
+
+    from dgnerf.assets import PREPROCESS_REQS
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    extra = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]["preprocess"]
+    assert PREPROCESS_REQS == extra
