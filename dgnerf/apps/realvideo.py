@@ -393,24 +393,26 @@ def evaluate_stage(cfg: RealVideoConfig, log=print, curve: bool = True) -> dict:
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if cfg.device == "auto" else cfg.device))
     step, latest = ckpts[-1]
-    model = load_checkpoint(os.path.join(latest, "model.safetensors"), device=device)
-    mc = model.cfg
-    selection = {"by": "last checkpoint"}
+    model, selection = None, {"by": "last checkpoint"}
     if "val" in HeadDataset(data, check="none").person_splits.values():
-        # Choose the checkpoint on frames neither trained on nor scored: the best masked PSNR on them.
-        val_store = FrameStore(HeadDataset(data, split="val", check="none"), mc.image_size, mc.feature_size, 4.0,
-                               progress=False)
-        scores = {}
+        # Choose the checkpoint on frames neither trained on nor scored: the best masked PSNR on them (each
+        # checkpoint loaded once; the best one is kept).
+        val_store, scores, best = None, {}, None
         for s, path in ckpts:
             mdl = load_checkpoint(os.path.join(path, "model.safetensors"), device=device)
+            if val_store is None:
+                val_store = FrameStore(HeadDataset(data, split="val", check="none"), mdl.cfg.image_size,
+                                       mdl.cfg.feature_size, 4.0, progress=False)
             r = render_split(mdl, val_store, device)
             scores[s] = float(masked_metrics(r["pred"], r["image"], r["mask"])["psnr"].mean())
             log(f"evaluate: step {s}: validation PSNR {scores[s]:.2f} dB")
-        best = max(scores, key=lambda s: (scores[s], s))
-        step, latest = next((s, p) for s, p in ckpts if s == best)
-        model = load_checkpoint(os.path.join(latest, "model.safetensors"), device=device)
+            if best is None or (scores[s], s) > (scores[best], best):
+                best, model, step, latest = s, mdl, s, path
         selection = {"by": "best validation masked PSNR", "val_frames": len(val_store),
                      "val_psnr_per_checkpoint": scores, "step": step}
+    if model is None:
+        model = load_checkpoint(os.path.join(latest, "model.safetensors"), device=device)
+    mc = model.cfg
     sets = {"train": HeadDataset(data, split="train", check="none"), "heldout": HeadDataset(data, split="test", check="none")}
     stores = {k: FrameStore(ds, mc.image_size, mc.feature_size, 4.0, progress=False) for k, ds in sets.items()}
     frame_idx = {k: [int(f.source.rsplit("frame_index=", 1)[1]) for f in ds.frames] for k, ds in sets.items()}
