@@ -1,4 +1,4 @@
-"""A competing CPU load for the contended benchmarks (docs/performance.md, "A busy machine").
+"""A competing CPU load for the contended benchmarks (docs/performance.md).
 
 `CompetingLoad(jobs=2, threads=2)` starts `jobs` other Python processes, each a `threads`-thread torch job that
 does what another training job does between its big kernels: small matrix products and elementwise work in a

@@ -1,4 +1,4 @@
-"""CPU threads: how many the process may really use, and how idle ones wait (docs/performance.md, "A busy machine").
+"""CPU threads: how many the process may really use, and how idle ones wait (docs/performance.md).
 
 torch starts one intra-op thread per core it sees. A process confined to fewer CPUs (taskset, a container's CPU
 quota, a job scheduler's cgroup) then runs more threads than it has CPUs, and every parallel region waits for a

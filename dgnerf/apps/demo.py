@@ -46,7 +46,7 @@ DEMO_DESCRIPTION = ("hash-grid position encoding (12 levels, 2^15 x 2, 8..256 ce
 DEMO_TRAIN = dict(batch_size=8, lr=8e-3, lr_final=8e-4, lambda_perceptual=0.0, lr_scale={"encoding": 10.0})
 # The built-in set of the demo: many people with few frames each. Held-out people render from their codes only as
 # well as the model learned the mapping from identity code to head, which takes many identities (docs/convergence.md:
-# 80 people x 4 frames beat 10 x 20 by 5-6 dB on held-out people at the same number of steps).
+# 80 people x 4 frames beat 10 x 20 by 3.6-4 dB on held-out people at the same number of steps).
 DEMO_DATA = dict(size="small", persons=84, frames_per_person=4, test_persons=4)
 DEMO_STEPS = 2400
 DEMO_MINUTES = 8  # training + outputs on a quiet 2-core machine (measured: README, "Demo results")

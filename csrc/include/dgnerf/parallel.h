@@ -1,4 +1,4 @@
-// CPU work sharing that survives a busy machine (docs/performance.md, "A busy machine").
+// CPU work sharing that survives a busy machine (docs/performance.md).
 //
 // at::parallel_for cuts [begin, end) into one fixed share per thread. When another process takes a core,
 // the thread it descheduled still owns its whole share and every other thread waits for it at the end of
