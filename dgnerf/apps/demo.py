@@ -143,7 +143,7 @@ def make_outputs(run_dir: str, data_dir: str, out_dir: str, log=print) -> dict:
     diff = [((x - front[0]).abs() * 4).clamp(0, 1) for x in front]
     # how much the expression moves the frontal image: mean |last - first| over the pixels (0..1 scale)
     results["expression_mean_change"] = round(float((front[-1] - front[0]).abs().mean()), 5)
-    truth = _truth_expression_change(train_set, train_set.frames[p0].person_index, E[i], E[j], dist, K1, cfg)
+    truth = _truth_expression_change(train_set, basis, train_set.frames[p0].person_index, E[i], E[j], dist, K1, cfg)
     if truth is not None:  # the same change in the generator's own renders: what a perfect model would show
         results["expression_truth_change"] = round(truth, 5)
     save_png(os.path.join(out_dir, "expression_interpolation.png"),
@@ -166,11 +166,12 @@ def make_outputs(run_dir: str, data_dir: str, out_dir: str, log=print) -> dict:
     return results
 
 
-def _truth_expression_change(dataset, person_index: int, code_a, code_b, distance: float, intrinsics, cfg) -> float | None:
+def _truth_expression_change(dataset, basis, person_index: int, code_a, code_b, distance: float, intrinsics,
+                             cfg) -> float | None:
     """Mean |difference| between the built-in generator's own frontal renders of a person with two expression codes
-    (the expression grid's ends), at the model's image size and camera; None for a dataset the generator did not make."""
+    (the expression grid's ends), at the model's image size and camera; None for a dataset the generator did not make.
+    basis: the dataset's expression basis (dataset.expression_basis(), already read by the caller)."""
     meta = dataset.manifest.get("meta", {})
-    basis = dataset.expression_basis()
     if meta.get("generator") != "dgnerf.data.synthetic" or basis is None or "seed" not in meta:
         return None
     params = synthetic.person_parameters(int(meta["seed"]), int(person_index))
