@@ -41,11 +41,17 @@ BASE_TRAIN = dict(batch_size=8, lr=2e-3, lr_final=2e-4, lambda_perceptual=0.0)
 MANY = {"persons": 84, "frames": 4, "test_persons": 4}
 # A 3 x 64 field MLP (skip at layer 1) with a 32-wide direction layer.
 W64 = dict(mlp_depth=3, mlp_width=64, skip_layer=1, dir_width=32)
+# The previous demo's model (one shared 2^15-row table per level): round 3's runs change it one thing at a time.
+PLAIN_GRID = {k: v for k, v in dict(DEMO_MODEL, hash_table_size=2**15).items()
+              if BASE_MODEL.get(k) != v and k != "hash_identity_bases"}
+DEMO_SET = {"persons": DEMO_DATA["persons"], "frames": DEMO_DATA["frames_per_person"],
+            "test_persons": DEMO_DATA["test_persons"]}
 # name -> (model overrides, train overrides, data overrides, what the row changes)
 RUNS = {
     "demo": ({k: v for k, v in DEMO_MODEL.items() if BASE_MODEL.get(k) != v}, DEMO_TRAIN,
              {"persons": DEMO_DATA["persons"], "frames": DEMO_DATA["frames_per_person"], "test_persons": DEMO_DATA["test_persons"]},
              "the demo's settings (dgnerf.apps.demo)"),
+    "demo-plain-grid": (PLAIN_GRID, DEMO_TRAIN, DEMO_SET, "the previous demo: one shared hash-grid table of 2^15 rows per level"),
     "demo-frequency": ({}, {}, {}, "the demo's model: frequency encoding (the paper's), one learning rate"),
     "demo-hashgrid": (HASHGRID, {}, {}, "hash-grid encoding, one learning rate"),
     "demo-frequency-2400": (dict({k: v for k, v in DEMO_MODEL.items() if BASE_MODEL.get(k) != v and not k.startswith("hash")},
@@ -99,6 +105,22 @@ RUNS = {
     "p80-fs32-lr8e-3": (dict(HASHGRID, feature_size=32, renderer_channels=(64,), n_samples=16, **W64),
                         {"lr": 8e-3, "lr_final": 8e-4, "lr_scale": {"encoding": 10.0}}, MANY,
                         "as fs32-s16-w64-p80, learning rate 8e-3 -> 8e-4"),
+    "one-person-demo": (PLAIN_GRID, DEMO_TRAIN, {"persons": 2, "test_persons": 1},
+                        "diagnostic: the previous demo's settings on ONE training person (20 frames)"),
+    "p20-demo": (PLAIN_GRID, DEMO_TRAIN, {"persons": 24, "frames": 4, "test_persons": 4},
+                 "diagnostic: the previous demo's settings on 20 people x 4 frames"),
+    "demo-w128": (dict(PLAIN_GRID, mlp_width=128, dir_width=64), DEMO_TRAIN, DEMO_SET,
+                  "the previous demo with a 3 x 128 MLP (64-wide direction layer)"),
+    "demo-idgain4": (dict(PLAIN_GRID, identity_gain=4.0), DEMO_TRAIN, DEMO_SET,
+                     "the previous demo with the identity code x4 (its first-layer weights learn 4x faster)"),
+    "demo-idmix4": (dict(PLAIN_GRID, hash_identity_bases=4), DEMO_TRAIN, DEMO_SET,
+                    "identity-mixed grid: 4 tables of 2^15 rows per level (4x the parameters)"),
+    "demo-idmix4-t13": (dict(PLAIN_GRID, hash_identity_bases=4, hash_table_size=2**13), DEMO_TRAIN, DEMO_SET,
+                        "identity-mixed grid: 4 tables of 2^13 rows per level (the previous demo's parameters)"),
+    "demo-idmix8-t12": (dict(PLAIN_GRID, hash_identity_bases=8, hash_table_size=2**12), DEMO_TRAIN, DEMO_SET,
+                        "identity-mixed grid: 8 tables of 2^12 rows per level (the same parameters)"),
+    "demo-idmix16-t11": (dict(PLAIN_GRID, hash_identity_bases=16, hash_table_size=2**11), DEMO_TRAIN, DEMO_SET,
+                         "identity-mixed grid: 16 tables of 2^11 rows per level (the same parameters; the demo now)"),
     "hashgrid-lr10-wide": (dict(HASHGRID, mlp_width=128, feature_dim=128, dir_width=64, renderer_channels=(128, 64)),
                            {"lr_scale": {"encoding": 10.0}}, {}, "hash grid, table x10, MLP 128 wide, 128 features, renderer 128-64"),
 }

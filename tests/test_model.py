@@ -319,3 +319,70 @@ def test_hashgrid_config_round_trip_and_frequency_configs_unchanged():
     with pytest.raises(Exception, match="hash_finest_resolution"):
         _hashgrid_cfg(hash_finest_resolution=2)
     assert _hashgrid_cfg().hash_half_size == 1.3 and _hashgrid_cfg(hash_bound=2.0).hash_half_size == 2.0
+
+
+def test_identity_mixed_hashgrid_fast_equals_reference_values_and_gradients():
+    # fast: one mixed table per image, then one read per point; reference: read every table, then mix the reads
+    cfg = _hashgrid_cfg(hash_identity_bases=3)
+    model = _randomize(HeadModel(cfg))
+    assert model.field.encoding.table.shape == (4, 2**9, 6) and cfg.pos_enc_dim == 8
+    with torch.no_grad():
+        model.field.encoding.table.uniform_(-0.5, 0.5)
+    z, beta, c2w, K = _inputs(cfg)
+    target = torch.rand(2, 3, cfg.image_size, cfg.image_size)
+
+    def run(path):
+        zz, cc = z.clone().requires_grad_(True), c2w.clone().requires_grad_(True)
+        model.zero_grad()
+        out = model(zz, beta, cc, K, options=RenderOptions(path=path))
+        ((out.image - target) ** 2).mean().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+        grads.update(identity=zz.grad, c2w=cc.grad)
+        return out, grads
+
+    ref, g_ref = run("reference")
+    fast, g_fast = run("fast")
+    for k in ("image", "feature_map", "opacity", "depth"):
+        assert rel_err(getattr(fast, k), getattr(ref, k)) < 1e-5, k
+    for n in ("field.encoding.table", "field.encoding.mix.weight", "field.encoding.mix.bias"):
+        assert float(g_ref[n].abs().sum()) > 0, n
+    for n, g in g_ref.items():
+        assert rel_err(g_fast[n], g) < 1e-4, n
+    # the identity moves the encoding itself, not only the MLP's bias
+    x = (torch.rand(1, 5, 3) * 2 - 1).expand(2, 5, 3).contiguous()
+    enc = model.field.encoding(x, torch.stack([z[0], z[0]]))
+    assert torch.equal(enc[0], enc[1])
+    assert not torch.allclose(model.field.encoding(x, z)[1], enc[1])
+
+
+def test_identity_mixed_hashgrid_gradcheck_float64():
+    from torch.func import functional_call
+
+    cfg = _hashgrid_cfg(hash_levels=2, hash_table_size=2**6, hash_base_resolution=2, hash_finest_resolution=4,
+                        hash_identity_bases=2)
+    enc = HeadModel(cfg).field.encoding.double()
+    x = torch.rand(2, 3, 3, dtype=torch.float64) * 2.2 - 1.1
+    z = torch.randn(2, cfg.identity_dim, dtype=torch.float64)
+    table = (torch.rand_like(enc.table) - 0.5).requires_grad_(True)
+    w = enc.mix.weight.detach().clone().requires_grad_(True)
+    b = enc.mix.bias.detach().clone().requires_grad_(True)
+    for reference in (False, True):
+        def f(table, w, b, zz):
+            return functional_call(enc, {"table": table, "mix.weight": w, "mix.bias": b}, (x, zz),
+                                   {"reference": reference})
+        assert torch.autograd.gradcheck(f, (table, w, b, z.clone().requires_grad_(True)))
+
+
+def test_identity_mixed_hashgrid_config_and_errors():
+    cfg = _hashgrid_cfg(hash_identity_bases=4)
+    assert HeadConfig.from_json(cfg.to_json()) == cfg and cfg.to_dict()["hash_identity_bases"] == 4
+    assert "hash_identity_bases" not in _hashgrid_cfg().to_dict()  # configs without it are what they were
+    with pytest.raises(Exception, match="hash_identity_bases"):
+        _hashgrid_cfg(hash_identity_bases=1)
+    with pytest.raises(Exception, match="hash_identity_bases"):
+        HeadConfig.tiny(hash_identity_bases=2)  # frequency encoding: nothing to mix
+    enc = HeadModel(cfg).field.encoding
+    with pytest.raises(ValueError, match="'identity' expected \\[2, 16\\]"):
+        enc(torch.zeros(2, 4, 3), None)
+    with pytest.raises(ValueError, match="'identity' expected \\[2, 16\\]"):
+        enc(torch.zeros(2, 4, 3), torch.zeros(3, 16))

@@ -48,6 +48,11 @@ class HeadConfig:
     hash_base_resolution: int = 16
     hash_finest_resolution: int = 1024
     hash_bound: float = 0.0
+    # Identity-mixed hash grid (beyond the paper; 0 = off, one grid shared by everyone): K >= 2 tables per level
+    # (hash_features * K features per row), combined per image with weights w = b + A z computed from the identity
+    # code z, enc_l(x, z) = sum_k w_k T_lk(x). Each person gets a combination of K learned fields before the MLP:
+    # identity-specific detail without a wider MLP (docs/convergence.md). Left out of to_dict() when 0.
+    hash_identity_bases: int = 0
     # Field MLP (the layout of dgnerf.ops.field_mlp).
     pos_freqs: int = 10  # gamma(x): x, sin/cos(2^k x), k < 10 -> 63-d
     dir_freqs: int = 4  # gamma(d): d, sin/cos(2^k d), k < 4 -> 27-d
@@ -174,6 +179,11 @@ class HeadConfig:
         need(isinstance(self.hash_bound, (int, float)) and not isinstance(self.hash_bound, bool)
              and math.isfinite(self.hash_bound) and self.hash_bound >= 0, "hash_bound",
              "a finite number >= 0 (0 = the head's sphere_radius)")
+        need(isinstance(self.hash_identity_bases, int) and not isinstance(self.hash_identity_bases, bool)
+             and (self.hash_identity_bases == 0 or 2 <= self.hash_identity_bases <= 64), "hash_identity_bases",
+             "0 (off) or an int in [2, 64]")
+        need(self.hash_identity_bases == 0 or self.position_encoding == "hashgrid", "hash_identity_bases",
+             f"0 with position_encoding {self.position_encoding!r} (it mixes hash-grid tables)")
         need(0 <= self.near < self.far, "near", f"0 <= near < far ({self.far})")
         need(0 < self.fov_deg < 180, "fov_deg", "a field of view in (0, 180) degrees")
         need(self.camera_distance > 0, "camera_distance", "> 0")
@@ -209,6 +219,8 @@ class HeadConfig:
         for k in ("identity_gain", "expression_gain"):
             if d[k] == 1.0:
                 del d[k]
+        if self.hash_identity_bases == 0:
+            del d["hash_identity_bases"]
         if self.world_frame:
             d["world_frame"] = list(self.world_frame)
         else:

@@ -245,7 +245,7 @@ class HeadModel(nn.Module):
             pts, dirs, depths, deltas = sample_rays_reference(c2w, K, H, Wd, cfg.n_samples, cfg.near, cfg.far,
                                                               opt.stratified, opt.seed, cfg.sphere_radius)
             B, R, S = depths.shape
-            x_enc = self.field.encoding(pts, reference=True)
+            x_enc = self.field.encoding(pts, identity, reference=True)
             d_enc = positional_encoding(dirs, cfg.dir_freqs)[:, :, None, :].expand(B, R, S, cfg.dir_enc_dim)
             cond = torch.cat([identity, expression], dim=-1)[:, None, None, :].expand(B, R, S, cfg.cond_dim)
             u = torch.cat([x_enc, cond], dim=-1)
@@ -262,7 +262,7 @@ class HeadModel(nn.Module):
         with _stage("sampling", timings, dev):
             pts, dirs, depths, deltas = ops.sample_rays(c2w, K, H, Wd, cfg.n_samples, cfg.near, cfg.far,
                                                         opt.stratified, opt.seed, cfg.sphere_radius)
-            x_enc = self.field.encoding(pts)
+            x_enc = self.field.encoding(pts, identity)
             d_enc = positional_encoding(dirs, cfg.dir_freqs)
         base = deltas.dtype
         weights = self.field.weights()
