@@ -114,13 +114,17 @@ RUNS = {
     "demo-idgain4": (dict(PLAIN_GRID, identity_gain=4.0), DEMO_TRAIN, DEMO_SET,
                      "the previous demo with the identity code x4 (its first-layer weights learn 4x faster)"),
     "demo-idmix4": (dict(PLAIN_GRID, hash_identity_bases=4), DEMO_TRAIN, DEMO_SET,
-                    "identity-mixed grid: 4 tables of 2^15 rows per level (4x the parameters)"),
+                    "identity-mixed grid: 4 tables of 2^15 rows per level (4x the parameters); measured with the mixing layer at the table's 10x"),
     "demo-idmix4-t13": (dict(PLAIN_GRID, hash_identity_bases=4, hash_table_size=2**13), DEMO_TRAIN, DEMO_SET,
-                        "identity-mixed grid: 4 tables of 2^13 rows per level (the previous demo's parameters)"),
+                        "identity-mixed grid: 4 tables of 2^13 rows per level (the previous demo's parameters); measured with the mixing layer at the table's 10x"),
     "demo-idmix8-t12": (dict(PLAIN_GRID, hash_identity_bases=8, hash_table_size=2**12), DEMO_TRAIN, DEMO_SET,
-                        "identity-mixed grid: 8 tables of 2^12 rows per level (the same parameters)"),
+                        "identity-mixed grid: 8 tables of 2^12 rows per level (the same parameters); measured with the mixing layer at the table's 10x"),
     "demo-idmix16-t11": (dict(PLAIN_GRID, hash_identity_bases=16, hash_table_size=2**11), DEMO_TRAIN, DEMO_SET,
-                         "identity-mixed grid: 16 tables of 2^11 rows per level (the same parameters; the demo now)"),
+                         "identity-mixed grid: 16 tables of 2^11 rows per level (the same parameters); measured with the mixing layer "
+                         "at the table's 10x (the trainer now gives it the field's rate: rerun, it is demo-idmix16-t11-mixlr1)"),
+    "demo-idmix16-t11-mixlr1": (dict(PLAIN_GRID, hash_identity_bases=16, hash_table_size=2**11), DEMO_TRAIN, DEMO_SET,
+                                "as demo-idmix16-t11, the mixing layer at the field's learning rate (not the table's "
+                                "10x): the demo's model"),
     "hashgrid-lr10-wide": (dict(HASHGRID, mlp_width=128, feature_dim=128, dir_width=64, renderer_channels=(128, 64)),
                            {"lr_scale": {"encoding": 10.0}}, {}, "hash grid, table x10, MLP 128 wide, 128 features, renderer 128-64"),
 }

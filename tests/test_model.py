@@ -280,12 +280,9 @@ def _hashgrid_cfg(**kw):
     return HeadConfig.tiny(**base)
 
 
-def test_hashgrid_fast_equals_reference_values_and_gradients():
-    cfg = _hashgrid_cfg()
-    model = _randomize(HeadModel(cfg))
-    with torch.no_grad():  # a table of the size a trained one has (init is +-1e-4)
-        model.field.encoding.table.uniform_(-0.5, 0.5)
-    assert cfg.pos_enc_dim == 8 and model.field.trunk[0].weight.shape[1] == 8 + cfg.cond_dim
+def _fast_and_reference(model, cfg):
+    """Renders with both paths and backpropagates one random loss; checks the fast path's outputs equal the
+    reference's and returns both paths' gradients (parameters, identity, c2w) and the identity codes used."""
     z, beta, c2w, K = _inputs(cfg)
     target = torch.rand(2, 3, cfg.image_size, cfg.image_size)
 
@@ -302,6 +299,16 @@ def test_hashgrid_fast_equals_reference_values_and_gradients():
     fast, g_fast = run("fast")
     for k in ("image", "feature_map", "opacity", "depth"):
         assert rel_err(getattr(fast, k), getattr(ref, k)) < 1e-5, k
+    return g_ref, g_fast, z
+
+
+def test_hashgrid_fast_equals_reference_values_and_gradients():
+    cfg = _hashgrid_cfg()
+    model = _randomize(HeadModel(cfg))
+    with torch.no_grad():  # a table of the size a trained one has (init is +-1e-4)
+        model.field.encoding.table.uniform_(-0.5, 0.5)
+    assert cfg.pos_enc_dim == 8 and model.field.trunk[0].weight.shape[1] == 8 + cfg.cond_dim
+    g_ref, g_fast, z = _fast_and_reference(model, cfg)
     assert float(g_ref["field.encoding.table"].abs().sum()) > 0
     for n, g in g_ref.items():
         assert rel_err(g_fast[n], g) < 1e-4, n  # c2w: gradients flow through the points into the grid
@@ -328,22 +335,7 @@ def test_identity_mixed_hashgrid_fast_equals_reference_values_and_gradients():
     assert model.field.encoding.table.shape == (4, 2**9, 6) and cfg.pos_enc_dim == 8
     with torch.no_grad():
         model.field.encoding.table.uniform_(-0.5, 0.5)
-    z, beta, c2w, K = _inputs(cfg)
-    target = torch.rand(2, 3, cfg.image_size, cfg.image_size)
-
-    def run(path):
-        zz, cc = z.clone().requires_grad_(True), c2w.clone().requires_grad_(True)
-        model.zero_grad()
-        out = model(zz, beta, cc, K, options=RenderOptions(path=path))
-        ((out.image - target) ** 2).mean().backward()
-        grads = {n: p.grad.clone() for n, p in model.named_parameters()}
-        grads.update(identity=zz.grad, c2w=cc.grad)
-        return out, grads
-
-    ref, g_ref = run("reference")
-    fast, g_fast = run("fast")
-    for k in ("image", "feature_map", "opacity", "depth"):
-        assert rel_err(getattr(fast, k), getattr(ref, k)) < 1e-5, k
+    g_ref, g_fast, z = _fast_and_reference(model, cfg)
     for n in ("field.encoding.table", "field.encoding.mix.weight", "field.encoding.mix.bias"):
         assert float(g_ref[n].abs().sum()) > 0, n
     for n, g in g_ref.items():

@@ -7,8 +7,10 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
+from dgnerf.errors import DgnerfError
 from dgnerf.train import Trainer
 from dgnerf.train.trainer import frame_indices
 from tests.conftest import TINY_MODEL, tiny_train_config
@@ -194,3 +196,25 @@ def test_demo_reuses_its_own_set_only(tiny_set):
     assert not _same_set(tiny_set, dict(spec, persons=84))
     assert not _same_set(tiny_set, dict(spec, seed=0))
     assert not _same_set(tiny_set + "-missing", spec)
+
+
+def test_param_groups_per_part():
+    from dgnerf.model import HeadConfig, HeadModel
+    from dgnerf.train.trainer import param_groups, part_of
+
+    cfg = HeadConfig.tiny(position_encoding="hashgrid", hash_levels=2, hash_table_size=64, hash_base_resolution=2,
+                          hash_finest_resolution=4, hash_identity_bases=2)
+    model = HeadModel(cfg)
+    assert part_of("field.encoding.table") == "encoding"
+    assert part_of("field.encoding.mix.weight") == "field"  # the mixing layer learns with the MLP, not the table
+    assert part_of("renderer.blocks.0.weight") == "renderer" and part_of("background") == "background"
+    one = param_groups(model, {})
+    assert len(one) == 1 and len(one[0]["params"]) == len(list(model.parameters()))
+    groups = {g["part"]: g for g in param_groups(model, {"encoding": 10.0})}
+    assert groups["encoding"]["lr_scale"] == 10.0 and groups["field"]["lr_scale"] == 1.0
+    assert [id(p) for p in groups["encoding"]["params"]] == [id(model.field.encoding.table)]
+    assert sum(len(g["params"]) for g in groups.values()) == len(list(model.parameters()))
+    with pytest.raises(DgnerfError, match="unknown part"):
+        param_groups(model, {"mlp": 2.0})
+    with pytest.raises(DgnerfError, match="'encoding' expected a finite number > 0"):
+        param_groups(model, {"encoding": 0.0})

@@ -36,8 +36,8 @@ from dgnerf.train.trainer import FrameStore
 # Small enough to train on 2 CPU cores in minutes, same structure as the paper's model (docs/convergence.md has
 # the study that chose it): a 32x32x64 feature map rendered through one 2x renderer block to 64x64 images, 16
 # samples per ray, a 3x64 field MLP fed by an identity-mixed hash-grid position encoding (16 tables of 2^11 rows
-# per level, combined per person from the identity code: the same parameters and cost per step as one 2^15 table,
-# +1.8 dB on training people at 1000 steps).
+# per level, combined per person from the identity code: the same parameters and cost per step as one 2^15 table;
+# +1.3 dB on training people after the demo's 2400 steps, -0.3 dB on unseen ones, docs/convergence.md round 3).
 DEMO_MODEL = dict(PRESETS["small"], position_encoding="hashgrid", hash_levels=12, hash_table_size=2**11,
                   hash_features=2, hash_base_resolution=8, hash_finest_resolution=256, hash_identity_bases=16,
                   feature_size=32, renderer_channels=(64,), n_samples=16, mlp_depth=3, mlp_width=64, skip_layer=1,
