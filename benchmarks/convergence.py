@@ -48,16 +48,13 @@ DEMO_SET = {"persons": DEMO_DATA["persons"], "frames": DEMO_DATA["frames_per_per
             "test_persons": DEMO_DATA["test_persons"]}
 # name -> (model overrides, train overrides, data overrides, what the row changes)
 RUNS = {
-    "demo": ({k: v for k, v in DEMO_MODEL.items() if BASE_MODEL.get(k) != v}, DEMO_TRAIN,
-             {"persons": DEMO_DATA["persons"], "frames": DEMO_DATA["frames_per_person"], "test_persons": DEMO_DATA["test_persons"]},
+    "demo": ({k: v for k, v in DEMO_MODEL.items() if BASE_MODEL.get(k) != v}, DEMO_TRAIN, DEMO_SET,
              "the demo's settings (dgnerf.apps.demo)"),
     "demo-plain-grid": (PLAIN_GRID, DEMO_TRAIN, DEMO_SET, "the previous demo: one shared hash-grid table of 2^15 rows per level"),
     "demo-frequency": ({}, {}, {}, "the demo's model: frequency encoding (the paper's), one learning rate"),
     "demo-hashgrid": (HASHGRID, {}, {}, "hash-grid encoding, one learning rate"),
     "demo-frequency-2400": (dict({k: v for k, v in DEMO_MODEL.items() if BASE_MODEL.get(k) != v and not k.startswith("hash")},
-                                 position_encoding="frequency"), DEMO_TRAIN,
-                            {"persons": DEMO_DATA["persons"], "frames": DEMO_DATA["frames_per_person"],
-                             "test_persons": DEMO_DATA["test_persons"]},
+                                 position_encoding="frequency"), DEMO_TRAIN, DEMO_SET,
                             "the demo with the paper's frequency encoding instead of the hash grid"),
     "hashgrid-lr10": (HASHGRID, {"lr_scale": {"encoding": 10.0}}, {}, "hash grid, table learning rate x10"),
     "hashgrid-lr10-renderer3": (HASHGRID, {"lr_scale": {"encoding": 10.0, "renderer": 3.0}}, {},
@@ -121,10 +118,7 @@ RUNS = {
                         "identity-mixed grid: 8 tables of 2^12 rows per level (the same parameters); measured with the mixing layer at the table's 10x"),
     "demo-idmix16-t11": (dict(PLAIN_GRID, hash_identity_bases=16, hash_table_size=2**11), DEMO_TRAIN, DEMO_SET,
                          "identity-mixed grid: 16 tables of 2^11 rows per level (the same parameters); measured with the mixing layer "
-                         "at the table's 10x (the trainer now gives it the field's rate: rerun, it is demo-idmix16-t11-mixlr1)"),
-    "demo-idmix16-t11-mixlr1": (dict(PLAIN_GRID, hash_identity_bases=16, hash_table_size=2**11), DEMO_TRAIN, DEMO_SET,
-                                "as demo-idmix16-t11, the mixing layer at the field's learning rate (not the table's "
-                                "10x): the demo's model"),
+                         "at the table's 10x (the trainer now gives it the field's rate: rerun, it is the `demo` run)"),
     "hashgrid-lr10-wide": (dict(HASHGRID, mlp_width=128, feature_dim=128, dir_width=64, renderer_channels=(128, 64)),
                            {"lr_scale": {"encoding": 10.0}}, {}, "hash grid, table x10, MLP 128 wide, 128 features, renderer 128-64"),
 }

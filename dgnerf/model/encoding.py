@@ -8,8 +8,9 @@ pure-PyTorch twin, the fast path the op.
 With cfg.hash_identity_bases = K >= 2 the grid holds K tables per level (K * hash_features features per row) and
 each image mixes them with its own weights w = b + A z from the identity code z:
     enc_l(x, z) = sum_k w_k(z) T_lk(x)        (T_lk: the trilinear read of table k of level l)
-so enc keeps its width (hash_levels * hash_features) and the MLP and its folding are unchanged. The mixing is
-plain PyTorch on the op's (or the twin's) output, the same code on both paths.
+so enc keeps its width (hash_levels * hash_features) and the MLP and its folding are unchanged. The reference
+path reads every table with the twin and mixes the reads (the definition); the fast path mixes the tables once per
+image and reads the mixed one with the op (exact: the read is linear in the table).
 """
 from __future__ import annotations
 

@@ -62,11 +62,9 @@ PARTS = ("encoding", "field", "renderer", "background")
 
 
 def part_of(name: str) -> str:
-    """The PARTS entry a HeadModel parameter belongs to, by its name. "encoding" is the hash grid's table; the
-    linear layer that mixes an identity-mixed grid's tables (field.encoding.mix) learns with the field."""
-    if name.startswith("field.encoding.mix."):
-        return "field"
-    if name.startswith("field.encoding."):
+    """The PARTS entry a HeadModel parameter belongs to, by its name. "encoding" is the hash grid's table; every
+    other field parameter (the MLP, an identity-mixed grid's mixing layer field.encoding.mix) is "field"."""
+    if name == "field.encoding.table":
         return "encoding"
     for part in ("field", "renderer", "background"):
         if name == part or name.startswith(part + "."):
