@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     name = getattr(args, "command", None) or "dgnerf"
     threads.configure()  # the CPUs this process may use (affinity, cgroup quota), unless OMP_NUM_THREADS says
+    threads.keep_freed_memory()  # freed memory stays for the next step instead of costing page faults again
     try:
         rc = args.func(args)
     except KeyboardInterrupt:

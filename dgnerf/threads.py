@@ -11,11 +11,19 @@ a thread that finishes its share sleeps instead of spinning, so on a busy machin
 threads that still have work (ours or another process's). The policy is read once, when torch loads its OpenMP
 runtime, so it only applies where dgnerf sets it before torch is imported (the command); a program that imports
 torch first keeps its own setting.
+
+Freed memory: a training step allocates and frees hundreds of megabytes of activations and gradients. glibc's
+malloc hands large blocks back to the system when they are freed, so the next step takes ~35,000 page faults to
+get them again (a tenth of a step's CPU time in the kernel on the demo's model, docs/performance.md).
+`keep_freed_memory()` (the command calls it) tells glibc to keep up to 1 GiB of freed memory for reuse, unless the
+environment sets a MALLOC_* or glibc.malloc tunable itself.
 """
 from __future__ import annotations
 
+import ctypes
 import math
 import os
+import sys
 
 WAIT_POLICY = "PASSIVE"
 
@@ -27,6 +35,30 @@ def set_wait_policy() -> bool:
         return False
     os.environ["OMP_WAIT_POLICY"] = WAIT_POLICY
     return True
+
+
+# glibc mallopt() parameters and the values keep_freed_memory() sets (measured: docs/performance.md).
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+MALLOC_SETTINGS = {_M_TRIM_THRESHOLD: 1 << 30, _M_TOP_PAD: 256 << 20, _M_MMAP_THRESHOLD: 32 << 20}
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc's malloc keep freed memory for reuse (trim above 1 GiB free, grow the heap 256 MiB at a time,
+    blocks up to 32 MiB from the heap) instead of returning it to the system at every free; True if set here.
+    Nothing is set where the environment has a MALLOC_* variable or a glibc.malloc tunable (the user's choice),
+    or where the C library is not glibc."""
+    if not sys.platform.startswith("linux") or any(k.startswith("MALLOC_") for k in os.environ) \
+            or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""):
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        if not hasattr(libc, "gnu_get_libc_version"):  # musl and others: their mallopt means something else
+            return False
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return all(mallopt(k, v) == 1 for k, v in MALLOC_SETTINGS.items())
 
 
 def _read(path: str) -> str | None:
@@ -85,4 +117,5 @@ def configure(threads: int | None = None) -> int:
     return torch.get_num_threads()
 
 
-__all__ = ["WAIT_POLICY", "cgroup_cpu_limit", "configure", "set_wait_policy", "usable_cpus"]
+__all__ = ["MALLOC_SETTINGS", "WAIT_POLICY", "cgroup_cpu_limit", "configure", "keep_freed_memory", "set_wait_policy",
+           "usable_cpus"]

@@ -92,3 +92,28 @@ def test_mlp_gradients_do_not_depend_on_the_thread_count():
     for other in grads[1:]:
         for a, b in zip(grads[0], other):
             assert torch.equal(a, b)
+
+
+_REUSE = """
+import resource, torch
+from dgnerf import threads
+print(threads.keep_freed_memory())
+for _ in range(2):
+    [torch.ones(1 << 20) for _ in range(24)]
+f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    xs = [torch.ones(1 << 20) for _ in range(24)]  # 96 MiB live at once, then freed: a training step's pattern
+    del xs
+print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) // 10)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_freed_memory_is_reused_without_page_faults_unless_the_environment_says():
+    kept, faults = _python(_REUSE).split()
+    if kept == "False":
+        pytest.skip("the C library is not glibc")
+    # 96 MiB are 24,576 pages: kept, the next round reuses them (glibc's default gave ~2,450 faults a round here)
+    assert int(faults) < 100, faults
+    kept, faults = _python(_REUSE, MALLOC_TOP_PAD_="0").split()
+    assert kept == "False"  # the user's own malloc setting is left alone
