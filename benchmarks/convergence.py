@@ -20,6 +20,7 @@ import time
 
 import torch
 
+from dgnerf import threads
 from dgnerf.apps.demo import DEMO_DATA, DEMO_MODEL, DEMO_TRAIN
 from dgnerf.apps.fit import render
 from dgnerf.data import HeadDataset
@@ -46,15 +47,17 @@ PLAIN_GRID = {k: v for k, v in dict(DEMO_MODEL, hash_table_size=2**15).items()
               if BASE_MODEL.get(k) != v and k != "hash_identity_bases"}
 DEMO_SET = {"persons": DEMO_DATA["persons"], "frames": DEMO_DATA["frames_per_person"],
             "test_persons": DEMO_DATA["test_persons"]}
+# Round 3's training settings (the demo's before round 4 gave Adam its own beta2 and epsilon): its rows keep them.
+R3_TRAIN = {k: v for k, v in DEMO_TRAIN.items() if not k.startswith("adam_")}
 # name -> (model overrides, train overrides, data overrides, what the row changes)
 RUNS = {
     "demo": ({k: v for k, v in DEMO_MODEL.items() if BASE_MODEL.get(k) != v}, DEMO_TRAIN, DEMO_SET,
              "the demo's settings (dgnerf.apps.demo)"),
-    "demo-plain-grid": (PLAIN_GRID, DEMO_TRAIN, DEMO_SET, "the previous demo: one shared hash-grid table of 2^15 rows per level"),
+    "demo-plain-grid": (PLAIN_GRID, R3_TRAIN, DEMO_SET, "the previous demo: one shared hash-grid table of 2^15 rows per level"),
     "demo-frequency": ({}, {}, {}, "the demo's model: frequency encoding (the paper's), one learning rate"),
     "demo-hashgrid": (HASHGRID, {}, {}, "hash-grid encoding, one learning rate"),
     "demo-frequency-2400": (dict({k: v for k, v in DEMO_MODEL.items() if BASE_MODEL.get(k) != v and not k.startswith("hash")},
-                                 position_encoding="frequency"), DEMO_TRAIN, DEMO_SET,
+                                 position_encoding="frequency"), R3_TRAIN, DEMO_SET,
                             "the demo with the paper's frequency encoding instead of the hash grid"),
     "hashgrid-lr10": (HASHGRID, {"lr_scale": {"encoding": 10.0}}, {}, "hash grid, table learning rate x10"),
     "hashgrid-lr10-renderer3": (HASHGRID, {"lr_scale": {"encoding": 10.0, "renderer": 3.0}}, {},
@@ -102,25 +105,34 @@ RUNS = {
     "p80-fs32-lr8e-3": (dict(HASHGRID, feature_size=32, renderer_channels=(64,), n_samples=16, **W64),
                         {"lr": 8e-3, "lr_final": 8e-4, "lr_scale": {"encoding": 10.0}}, MANY,
                         "as fs32-s16-w64-p80, learning rate 8e-3 -> 8e-4"),
-    "one-person-demo": (PLAIN_GRID, DEMO_TRAIN, {"persons": 2, "test_persons": 1},
+    "one-person-demo": (PLAIN_GRID, R3_TRAIN, {"persons": 2, "test_persons": 1},
                         "diagnostic: the previous demo's settings on ONE training person (20 frames)"),
-    "p20-demo": (PLAIN_GRID, DEMO_TRAIN, {"persons": 24, "frames": 4, "test_persons": 4},
+    "p20-demo": (PLAIN_GRID, R3_TRAIN, {"persons": 24, "frames": 4, "test_persons": 4},
                  "diagnostic: the previous demo's settings on 20 people x 4 frames"),
-    "demo-w128": (dict(PLAIN_GRID, mlp_width=128, dir_width=64), DEMO_TRAIN, DEMO_SET,
+    "demo-w128": (dict(PLAIN_GRID, mlp_width=128, dir_width=64), R3_TRAIN, DEMO_SET,
                   "the previous demo with a 3 x 128 MLP (64-wide direction layer)"),
-    "demo-idgain4": (dict(PLAIN_GRID, identity_gain=4.0), DEMO_TRAIN, DEMO_SET,
+    "demo-idgain4": (dict(PLAIN_GRID, identity_gain=4.0), R3_TRAIN, DEMO_SET,
                      "the previous demo with the identity code x4 (its first-layer weights learn 4x faster)"),
-    "demo-idmix4": (dict(PLAIN_GRID, hash_identity_bases=4), DEMO_TRAIN, DEMO_SET,
+    "demo-idmix4": (dict(PLAIN_GRID, hash_identity_bases=4), R3_TRAIN, DEMO_SET,
                     "identity-mixed grid: 4 tables of 2^15 rows per level (4x the parameters); measured with the mixing layer at the table's 10x"),
-    "demo-idmix4-t13": (dict(PLAIN_GRID, hash_identity_bases=4, hash_table_size=2**13), DEMO_TRAIN, DEMO_SET,
+    "demo-idmix4-t13": (dict(PLAIN_GRID, hash_identity_bases=4, hash_table_size=2**13), R3_TRAIN, DEMO_SET,
                         "identity-mixed grid: 4 tables of 2^13 rows per level (the previous demo's parameters); measured with the mixing layer at the table's 10x"),
-    "demo-idmix8-t12": (dict(PLAIN_GRID, hash_identity_bases=8, hash_table_size=2**12), DEMO_TRAIN, DEMO_SET,
+    "demo-idmix8-t12": (dict(PLAIN_GRID, hash_identity_bases=8, hash_table_size=2**12), R3_TRAIN, DEMO_SET,
                         "identity-mixed grid: 8 tables of 2^12 rows per level (the same parameters); measured with the mixing layer at the table's 10x"),
-    "demo-idmix16-t11": (dict(PLAIN_GRID, hash_identity_bases=16, hash_table_size=2**11), DEMO_TRAIN, DEMO_SET,
+    "demo-idmix16-t11": (dict(PLAIN_GRID, hash_identity_bases=16, hash_table_size=2**11), R3_TRAIN, DEMO_SET,
                          "identity-mixed grid: 16 tables of 2^11 rows per level (the same parameters); measured with the mixing layer "
                          "at the table's 10x (the trainer now gives it the field's rate: rerun, it is the `demo` run)"),
     "hashgrid-lr10-wide": (dict(HASHGRID, mlp_width=128, feature_dim=128, dir_width=64, renderer_channels=(128, 64)),
                            {"lr_scale": {"encoding": 10.0}}, {}, "hash grid, table x10, MLP 128 wide, 128 features, renderer 128-64"),
+    # round 4: the demo's settings (Adam beta2 0.99, eps 1e-15) with one change each
+    "demo-adam-torch": ({k: v for k, v in DEMO_MODEL.items() if BASE_MODEL.get(k) != v}, R3_TRAIN, DEMO_SET,
+                        "the demo of round 3: Adam at torch's defaults (beta2 0.999, eps 1e-8)"),
+    "demo-r3-lr12": ({k: v for k, v in DEMO_MODEL.items() if BASE_MODEL.get(k) != v},
+                     dict(R3_TRAIN, lr=1.2e-2, lr_final=1.2e-3), DEMO_SET, "round 3's demo with lr 1.2e-2 -> 1.2e-3"),
+    "demo-idmix32": (dict({k: v for k, v in DEMO_MODEL.items() if BASE_MODEL.get(k) != v}, hash_identity_bases=32),
+                     DEMO_TRAIN, DEMO_SET, "32 tables of 2^11 rows per level (2x the parameters)"),
+    "demo-finest128": (dict({k: v for k, v in DEMO_MODEL.items() if BASE_MODEL.get(k) != v}, hash_finest_resolution=128),
+                       DEMO_TRAIN, DEMO_SET, "the grid's finest level 128 cells across the cube instead of 256"),
 }
 
 
@@ -198,6 +210,7 @@ def table(out: str) -> str:
 
 
 def main(argv=None):
+    threads.keep_freed_memory()  # as the dgnerf command does: its seconds are the command's
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True)
     p.add_argument("--runs", nargs="*", default=[], help=f"any of {list(RUNS)}")
