@@ -55,7 +55,7 @@ DEMO_TRAIN = dict(batch_size=8, lr=8e-3, lr_final=8e-4, lambda_perceptual=0.0, l
 # 80 people x 4 frames beat 10 x 20 by 3.6-4 dB on held-out people at the same number of steps).
 DEMO_DATA = dict(size="small", persons=84, frames_per_person=4, test_persons=4)
 DEMO_STEPS = 2400
-DEMO_MINUTES = 8  # training + outputs on a quiet 2-core machine (measured: README, "Demo results")
+DEMO_MINUTES = 9  # training + outputs on a quiet 2-core machine (measured 535 s: README, "Demo results")
 # Fitting ONE image of an unseen person: its identity and expression codes and camera (200 steps), then a copy of
 # the model fine-tuned on that image with the fitted codes (100 steps). Codes alone stop improving within 100 steps
 # at this model size; the fine-tuning step brings the image's detail and also improves the person's other frames
