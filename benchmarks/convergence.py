@@ -133,6 +133,9 @@ RUNS = {
                      DEMO_TRAIN, DEMO_SET, "32 tables of 2^11 rows per level (2x the parameters)"),
     "demo-finest128": (dict({k: v for k, v in DEMO_MODEL.items() if BASE_MODEL.get(k) != v}, hash_finest_resolution=128),
                        DEMO_TRAIN, DEMO_SET, "the grid's finest level 128 cells across the cube instead of 256"),
+    "demo-frequency-adam": (dict({k: v for k, v in DEMO_MODEL.items() if BASE_MODEL.get(k) != v and not k.startswith("hash")},
+                                 position_encoding="frequency"), DEMO_TRAIN, DEMO_SET,
+                            "the demo's settings (its Adam too) with the paper's frequency encoding instead of the hash grid"),
 }
 
 
