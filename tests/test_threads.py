@@ -121,8 +121,9 @@ def test_freed_memory_is_reused_without_page_faults_unless_the_environment_says(
     kept, faults = _faults("keep")
     if kept == "False":
         pytest.skip("the C library is not glibc")
-    _, default = _faults("default")
-    # 96 MiB are 24,576 pages a round. Measured here: glibc's default ~2,450 faults a round, kept 0-100.
-    assert faults < 1000 and faults * 5 < default, (faults, default)
-    kept, _ = _faults("keep", MALLOC_TOP_PAD_="0")
+    # 96 MiB are 24,576 pages a round. The control: the same pattern with the environment's MALLOC_TOP_PAD_=0 (so
+    # keep_freed_memory leaves malloc alone, and glibc returns the freed memory) re-faults them all (24,600
+    # measured); glibc's plain default varies between runs (~100 or ~24,500 here). Kept: 0-102.
+    kept, control = _faults("keep", MALLOC_TOP_PAD_="0")
+    assert faults < 1000 and control > 10000, (faults, control)
     assert kept == "False"  # the user's own malloc setting is left alone
