@@ -47,17 +47,21 @@ PLAIN_GRID = {k: v for k, v in dict(DEMO_MODEL, hash_table_size=2**15).items()
               if BASE_MODEL.get(k) != v and k != "hash_identity_bases"}
 DEMO_SET = {"persons": DEMO_DATA["persons"], "frames": DEMO_DATA["frames_per_person"],
             "test_persons": DEMO_DATA["test_persons"]}
+# The demo's model as overrides of BASE_MODEL.
+DEMO_OVERRIDES = {k: v for k, v in DEMO_MODEL.items() if BASE_MODEL.get(k) != v}
+# The same model with the paper's frequency encoding in place of the hash grid.
+DEMO_FREQUENCY = dict({k: v for k, v in DEMO_OVERRIDES.items() if not k.startswith("hash")},
+                      position_encoding="frequency")
 # Round 3's training settings (the demo's before round 4 gave Adam its own beta2 and epsilon): its rows keep them.
 R3_TRAIN = {k: v for k, v in DEMO_TRAIN.items() if not k.startswith("adam_")}
 # name -> (model overrides, train overrides, data overrides, what the row changes)
 RUNS = {
-    "demo": ({k: v for k, v in DEMO_MODEL.items() if BASE_MODEL.get(k) != v}, DEMO_TRAIN, DEMO_SET,
+    "demo": (DEMO_OVERRIDES, DEMO_TRAIN, DEMO_SET,
              "the demo's settings (dgnerf.apps.demo)"),
     "demo-plain-grid": (PLAIN_GRID, R3_TRAIN, DEMO_SET, "the previous demo: one shared hash-grid table of 2^15 rows per level"),
     "demo-frequency": ({}, {}, {}, "the demo's model: frequency encoding (the paper's), one learning rate"),
     "demo-hashgrid": (HASHGRID, {}, {}, "hash-grid encoding, one learning rate"),
-    "demo-frequency-2400": (dict({k: v for k, v in DEMO_MODEL.items() if BASE_MODEL.get(k) != v and not k.startswith("hash")},
-                                 position_encoding="frequency"), R3_TRAIN, DEMO_SET,
+    "demo-frequency-2400": (DEMO_FREQUENCY, R3_TRAIN, DEMO_SET,
                             "the demo with the paper's frequency encoding instead of the hash grid"),
     "hashgrid-lr10": (HASHGRID, {"lr_scale": {"encoding": 10.0}}, {}, "hash grid, table learning rate x10"),
     "hashgrid-lr10-renderer3": (HASHGRID, {"lr_scale": {"encoding": 10.0, "renderer": 3.0}}, {},
@@ -125,16 +129,15 @@ RUNS = {
     "hashgrid-lr10-wide": (dict(HASHGRID, mlp_width=128, feature_dim=128, dir_width=64, renderer_channels=(128, 64)),
                            {"lr_scale": {"encoding": 10.0}}, {}, "hash grid, table x10, MLP 128 wide, 128 features, renderer 128-64"),
     # round 4: the demo's settings (Adam beta2 0.99, eps 1e-15) with one change each
-    "demo-adam-torch": ({k: v for k, v in DEMO_MODEL.items() if BASE_MODEL.get(k) != v}, R3_TRAIN, DEMO_SET,
+    "demo-adam-torch": (DEMO_OVERRIDES, R3_TRAIN, DEMO_SET,
                         "the demo of round 3: Adam at torch's defaults (beta2 0.999, eps 1e-8)"),
-    "demo-r3-lr12": ({k: v for k, v in DEMO_MODEL.items() if BASE_MODEL.get(k) != v},
+    "demo-r3-lr12": (DEMO_OVERRIDES,
                      dict(R3_TRAIN, lr=1.2e-2, lr_final=1.2e-3), DEMO_SET, "round 3's demo with lr 1.2e-2 -> 1.2e-3"),
-    "demo-idmix32": (dict({k: v for k, v in DEMO_MODEL.items() if BASE_MODEL.get(k) != v}, hash_identity_bases=32),
+    "demo-idmix32": (dict(DEMO_OVERRIDES, hash_identity_bases=32),
                      DEMO_TRAIN, DEMO_SET, "32 tables of 2^11 rows per level (2x the parameters)"),
-    "demo-finest128": (dict({k: v for k, v in DEMO_MODEL.items() if BASE_MODEL.get(k) != v}, hash_finest_resolution=128),
+    "demo-finest128": (dict(DEMO_OVERRIDES, hash_finest_resolution=128),
                        DEMO_TRAIN, DEMO_SET, "the grid's finest level 128 cells across the cube instead of 256"),
-    "demo-frequency-adam": (dict({k: v for k, v in DEMO_MODEL.items() if BASE_MODEL.get(k) != v and not k.startswith("hash")},
-                                 position_encoding="frequency"), DEMO_TRAIN, DEMO_SET,
+    "demo-frequency-adam": (DEMO_FREQUENCY, DEMO_TRAIN, DEMO_SET,
                             "the demo's settings (its Adam too) with the paper's frequency encoding instead of the hash grid"),
 }
 

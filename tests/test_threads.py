@@ -95,9 +95,9 @@ def test_mlp_gradients_do_not_depend_on_the_thread_count():
 
 
 _REUSE = """
-import resource, sys, torch
+import os, resource, torch
 from dgnerf import threads
-print(threads.keep_freed_memory() if sys.argv[1] == "keep" else "default")
+print(threads.keep_freed_memory() if os.environ["REUSE_MODE"] == "keep" else "default")
 for _ in range(2):
     [torch.ones(1 << 20) for _ in range(24)]
 f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -109,11 +109,8 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) // 10)
 
 
 def _faults(mode: str, **env) -> tuple[str, int]:
-    e = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
-    e.update(env, PYTHONPATH=ROOT)
-    out = subprocess.run([sys.executable, "-c", _REUSE, mode], env=e, capture_output=True, text=True, check=True,
-                         timeout=120).stdout.split()
-    return out[0], int(out[1])
+    kept, faults = _python(_REUSE, REUSE_MODE=mode, **env).split()
+    return kept, int(faults)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")

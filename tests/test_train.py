@@ -222,7 +222,6 @@ def test_param_groups_per_part():
 
 def test_adam_beta2_and_eps_reach_the_optimizer_and_bad_values_are_named(tiny_set, tmp_path, capsys):
     from dgnerf.cli import main
-    from dgnerf.train import Trainer
 
     tr = Trainer(tiny_cfg(tiny_set, tmp_path / "a", steps=1, adam_beta2=0.99, adam_eps=1e-15))
     assert all(g["betas"] == (0.9, 0.99) and g["eps"] == 1e-15 for g in tr.opt.param_groups)
