@@ -8,7 +8,7 @@
 # realvideo.md, heldout.png, train_frames.png, curve.png. Restartable: an existing preprocessed clip is kept and
 # training resumes from the last checkpoint. Step 2 needs the preprocess extra (cv2 + mediapipe,
 # docs/preprocess.md) in PREPROCESS_PYTHON (default: python); everything else needs only the base install.
-# CPU cost: ~1 hour on one core for the default 8000 steps (OMP_NUM_THREADS=1 unless you set it).
+# CPU cost: ~20 minutes on one core for the default 4000 steps (OMP_NUM_THREADS=1 unless you set it).
 set -euo pipefail
 OUT=${1:-out/carphone_check}
 shift $(( $# > 0 ? 1 : 0 ))

@@ -95,6 +95,7 @@ def test_metrics_and_files(checked):
             # masked MSE >= masked L1^2 (Jensen), so PSNR <= -20 log10 L1
             assert 0 < l1 < 1 and psnr <= -20 * math.log10(l1) + 1e-6 and -1 <= ssim <= 1
     assert [h["step"] for h in rep["history"]] == [3, 6]
+    assert rep["ema_decay"] == 0.998  # the default: checkpoints hold the weights' moving average
     assert rep["history"][-1]["heldout"]["psnr"] == pytest.approx(rep["metrics"]["heldout"]["psnr"], rel=1e-6)
     assert rep["training_seconds"] > 0 and len(rep["coverage"]["heldout_nearest_train_expression"]) == 4
     # references: frame 9 (the training frame nearest in time) copied onto frames 10-13; the truth shifted
@@ -169,6 +170,9 @@ def test_bad_input(video_set, tmp_path, capsys):
     assert "'nobody' is not in the dataset" in err(_args(video_set, tmp_path / "o4", "--person", "nobody"))
     assert "--expression-components: expected 0 (all)" in err(_args(video_set, tmp_path / "o5", "--expression-components", "99"))
     assert "no checkpoint" in err(_args(video_set, tmp_path / "o6", "--eval-only"))
+    for v in ("1", "-0.5", "nan"):
+        assert f"--ema-decay: expected a finite number >= 0 and < 1, got {float(v)!r}" in err(
+            _args(video_set, tmp_path / "o7", "--ema-decay", v))
 
 
 def test_several_persons_need_person(tmp_path, capsys):

@@ -232,8 +232,69 @@ def test_adam_beta2_and_eps_reach_the_optimizer_and_bad_values_are_named(tiny_se
                     (dict(adam_eps=float("nan")), "adam_eps: expected a finite number > 0, got nan")):
         with pytest.raises(DgnerfError, match=msg):
             Trainer(tiny_cfg(tiny_set, tmp_path / "c", steps=1, **kw))
-    for flag, value in (("--adam-beta2", "1.5"), ("--adam-eps", "0")):
+    for flag, value in (("--adam-beta2", "1.5"), ("--adam-beta2", "1.0"), ("--adam-eps", "0")):
         rc = main(["train", tiny_set, "--out", str(tmp_path / "d"), "--lambda-perceptual", "0", flag, value])
         err = capsys.readouterr().err
         assert rc == 2 and flag in err and value in err, err
         assert not os.path.exists(tmp_path / "d")
+    # The CLI takes what the Trainer takes: beta2 just below 1 is accepted (the same bound, open at 1).
+    from dgnerf.commands.train import _check_value
+    _check_value("adam_beta2", 0.9999999, "--adam-beta2")
+    with pytest.raises(DgnerfError, match="--adam-beta2: expected a finite number >= 0 and < 1, got 1.0"):
+        _check_value("adam_beta2", 1.0, "--adam-beta2")
+
+
+def test_weight_average_is_what_checkpoints_hold_and_resume_continues_it_exactly(tiny_set, tmp_path, capsys):
+    """ema_decay d: model.safetensors = sum_i (1-d) d^(n-i) w_i / (1 - d^n) over the weights after each step;
+    train_state keeps the raw weights; a resumed run writes the same bits as an uninterrupted one."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from dgnerf.cli import main
+    from dgnerf.model.checkpoint import read_checkpoint
+
+    d = 0.7
+    cfg = tiny_cfg(tiny_set, tmp_path / "a", steps=8, checkpoint_every=4, ema_decay=d)
+    tr = Trainer(cfg)
+    names = [n for n, _ in tr.model.named_parameters()]
+    seen = []
+    orig = tr.train_step
+
+    def step_and_record(s):
+        out = orig(s)
+        seen.append({n: p.detach().clone() for n, p in tr.model.named_parameters()})
+        return out
+
+    tr.train_step = step_and_record
+    tr.fit()
+    ck = tmp_path / "a" / "checkpoints" / "step_00000008"
+    _, avg, _ = read_checkpoint(str(ck / "model.safetensors"))
+    state = load_file(str(ck / "train_state.safetensors"))
+    n = len(seen)
+    assert n == 8 and int(state["ema_updates"]) == 8
+    for name in names:
+        want = sum((1 - d) * d ** (n - 1 - i) * seen[i][name].double() for i in range(n)) / (1 - d ** n)
+        torch.testing.assert_close(avg[name].double(), want, rtol=1e-5, atol=1e-7)
+        assert torch.equal(state[f"raw.{name}"], seen[-1][name])
+    assert any(not torch.equal(avg[k], seen[-1][k]) for k in names)  # the average is not the last weights
+    # resume from step 4 in another run directory: the step-8 checkpoint is the same bits
+    shutil.copytree(tmp_path / "a" / "checkpoints", tmp_path / "b" / "checkpoints")
+    shutil.rmtree(tmp_path / "b" / "checkpoints" / "step_00000008")
+    (tmp_path / "b" / "checkpoints" / "latest").write_text("step_00000004\n")
+    Trainer(tiny_cfg(tiny_set, tmp_path / "b", steps=8, checkpoint_every=4, ema_decay=d)).fit(resume=True)
+    _, avg_b, _ = read_checkpoint(str(tmp_path / "b" / "checkpoints" / "step_00000008" / "model.safetensors"))
+    state_b = load_file(str(tmp_path / "b" / "checkpoints" / "step_00000008" / "train_state.safetensors"))
+    for name in names:
+        assert torch.equal(avg_b[name], avg[name]) and torch.equal(state_b[f"raw.{name}"], state[f"raw.{name}"])
+    # a run without the average continues from the raw weights of such a checkpoint
+    plain = Trainer(tiny_cfg(tiny_set, tmp_path / "c", steps=8))
+    plain.load(str(ck))
+    assert all(torch.equal(p, seen[-1][k]) for k, p in plain.model.named_parameters())
+    # bad values are named, by the Trainer and by the CLI
+    for bad in (1.0, -0.1, True, float("nan")):
+        with pytest.raises(DgnerfError, match="ema_decay: expected a number in \\[0, 1\\)"):
+            Trainer(tiny_cfg(tiny_set, tmp_path / "d", ema_decay=bad))
+    rc = main(["train", tiny_set, "--out", str(tmp_path / "e"), "--lambda-perceptual", "0", "--ema-decay", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--ema-decay" in err and "< 1" in err, err

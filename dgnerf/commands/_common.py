@@ -56,18 +56,18 @@ def check_int(value, flag: str, lo: int | None = None, hi: int | None = None, wh
 
 
 def check_number(value, flag: str, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
-                 what: str = "a number") -> None:
-    """`flag` must be a finite number >= lo (> lo with lo_open) and <= hi."""
+                 what: str = "number", hi_open: bool = False) -> None:
+    """`flag` must be a finite number >= lo (> lo with lo_open) and <= hi (< hi with hi_open)."""
     if value is None:
         return
     bad = not math.isfinite(value) or (lo is not None and (value <= lo if lo_open else value < lo)) or \
-        (hi is not None and value > hi)
+        (hi is not None and (value >= hi if hi_open else value > hi))
     if bad:
         parts = []
         if lo is not None:
             parts.append(f"{'>' if lo_open else '>='} {lo:g}")
         if hi is not None:
-            parts.append(f"<= {hi:g}")
+            parts.append(f"{'<' if hi_open else '<='} {hi:g}")
         raise DgnerfError(f"{flag}: expected a finite {what}{' ' + ' and '.join(parts) if parts else ''}, got {value!r}")
 
 

@@ -44,6 +44,9 @@ def register(sub):
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--lr-final", type=float, default=d.lr_final)
+    p.add_argument("--ema-decay", type=float, default=d.ema_decay,
+                   help=f"checkpoints hold a moving average of the weights with this decay per step (0 = the last "
+                        f"weights; default {d.ema_decay:g})")
     p.add_argument("--lambda-perceptual", type=float, default=d.lambda_perceptual, help="VGG16 loss weight (default 0)")
     p.add_argument("--background-weight", type=float, default=d.background_weight,
                    help="L2 weight outside the head mask (default: 1 when the dataset records a known background "
@@ -91,6 +94,7 @@ def config_from_args(args):
                              ("--background-weight", args.background_weight, False)):
         check_number(v, flag, 0, 1e9, lo_open=lo_open)
     check_number(args.max_minutes, "--max-minutes", 0, 1e9, lo_open=True, what="number of minutes")
+    check_number(args.ema_decay, "--ema-decay", 0, 1, hi_open=True)
     if args.expression_components < 0:
         raise DgnerfError(f"--expression-components: expected an integer >= 0 (0 = all), got {args.expression_components}")
     check_seed(args.seed)
@@ -107,7 +111,7 @@ def config_from_args(args):
     return RealVideoConfig(data=args.data, out=args.out, person=args.person, train_frames=args.train_frames,
                            test_frames=args.test_frames, val_frames=args.val_frames, identity=args.identity,
                            expression_components=args.expression_components, model=model, steps=args.steps,
-                           batch_size=args.batch_size, lr=args.lr, lr_final=args.lr_final,
+                           batch_size=args.batch_size, lr=args.lr, lr_final=args.lr_final, ema_decay=args.ema_decay,
                            lambda_perceptual=args.lambda_perceptual, background_weight=args.background_weight,
                            checkpoint_every=args.checkpoint_every, max_minutes=args.max_minutes, seed=args.seed,
                            device=args.device, lpips=not args.no_lpips, progress=not args.no_progress)

@@ -35,6 +35,9 @@ def add_train_arguments(p):
                         "(parts: encoding, field, renderer, background)")
     p.add_argument("--adam-beta2", type=float, dest="adam_beta2", help="Adam's second-moment decay (default 0.999)")
     p.add_argument("--adam-eps", type=float, dest="adam_eps", help="Adam's epsilon (default 1e-8)")
+    p.add_argument("--ema-decay", type=float, dest="ema_decay",
+                   help="checkpoints hold an exponential moving average of the weights with this decay per step, "
+                        "e.g. 0.998 (default 0: the last weights)")
     p.add_argument("--lambda-perceptual", type=float, dest="lambda_perceptual",
                    help="VGG16 loss weight (0 = off; default and paper: 10, which needs the VGG16 weights: "
                         "`dgnerf assets fetch --only vgg16` once)")
@@ -57,15 +60,16 @@ def add_train_arguments(p):
     p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/latest")
 
 
-# TrainConfig field -> (kind, low, high, low_open): what each setting must be.
+# TrainConfig field -> (kind, low, high, low_open[, high_open]): what each setting must be (the Trainer's own bounds).
 _INT, _NUM, _BOOL, _STR = "int", "number", "bool", "str"
 FIELDS = {
     "steps": (_INT, 1, 10**10, False),
     "batch_size": (_INT, 1, 1 << 16, False),
     "lr": (_NUM, 0.0, 1e3, True),
     "lr_final": (_NUM, 0.0, 1e3, True),
-    "adam_beta2": (_NUM, 0.0, 0.999999, False),
+    "adam_beta2": (_NUM, 0.0, 1.0, False, True),
     "adam_eps": (_NUM, 0.0, 1.0, True),
+    "ema_decay": (_NUM, 0.0, 1.0, False, True),
     "lambda_perceptual": (_NUM, 0.0, 1e9, False),
     "background_weight": (_NUM, 0.0, 1e9, False),
     "checkpoint_every": (_INT, 1, None, False),
@@ -88,7 +92,8 @@ FIELDS = {
 
 
 def _check_value(name: str, v, where: str) -> None:
-    kind, lo, hi, lo_open = FIELDS[name]
+    kind, lo, hi, lo_open, *rest = FIELDS[name]
+    hi_open = bool(rest and rest[0])
     if v is None and name in ("max_minutes", "vgg_weights"):
         return
     if kind == _BOOL:
@@ -102,9 +107,9 @@ def _check_value(name: str, v, where: str) -> None:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind == _INT and not isinstance(v, int)):
         raise DgnerfError(f"{where}: expected {'an integer' if kind == _INT else 'a number'}, got {v!r}")
     bad = (isinstance(v, float) and not math.isfinite(v)) or (lo is not None and (v <= lo if lo_open else v < lo)) \
-        or (hi is not None and v > hi)
+        or (hi is not None and (v >= hi if hi_open else v > hi))
     if bad:
-        rng = (f"{'>' if lo_open else '>='} {lo:g}" if lo is not None else "") + (f" and <= {hi:g}" if hi is not None else "")
+        rng = (f"{'>' if lo_open else '>='} {lo:g}" if lo is not None else "") + (f" and {'<' if hi_open else '<='} {hi:g}" if hi is not None else "")
         raise DgnerfError(f"{where}: expected a finite {'integer' if kind == _INT else 'number'} {rng}, got {v!r}")
 
 

