@@ -60,7 +60,8 @@ def check_number(value, flag: str, lo: float | None = None, hi: float | None = N
     """`flag` must be a finite number >= lo (> lo with lo_open) and <= hi (< hi with hi_open)."""
     if value is None:
         return
-    bad = not math.isfinite(value) or (lo is not None and (value <= lo if lo_open else value < lo)) or \
+    # an int is finite (and math.isfinite would overflow on a huge one)
+    bad = (isinstance(value, float) and not math.isfinite(value)) or (lo is not None and (value <= lo if lo_open else value < lo)) or \
         (hi is not None and (value >= hi if hi_open else value > hi))
     if bad:
         parts = []

@@ -12,6 +12,7 @@ from dgnerf.commands._common import (
     SEED_MAX,
     check_dataset_dir,
     check_model_overrides,
+    check_number,
     json_object,
     removed_on_error,
     resolve_device,
@@ -106,11 +107,7 @@ def _check_value(name: str, v, where: str) -> None:
         return
     if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind == _INT and not isinstance(v, int)):
         raise DgnerfError(f"{where}: expected {'an integer' if kind == _INT else 'a number'}, got {v!r}")
-    bad = (isinstance(v, float) and not math.isfinite(v)) or (lo is not None and (v <= lo if lo_open else v < lo)) \
-        or (hi is not None and (v >= hi if hi_open else v > hi))
-    if bad:
-        rng = (f"{'>' if lo_open else '>='} {lo:g}" if lo is not None else "") + (f" and {'<' if hi_open else '<='} {hi:g}" if hi is not None else "")
-        raise DgnerfError(f"{where}: expected a finite {'integer' if kind == _INT else 'number'} {rng}, got {v!r}")
+    check_number(v, where, lo, hi, lo_open=lo_open, hi_open=hi_open, what="integer" if kind == _INT else "number")
 
 
 def check_lr_scale(scale, where: str) -> None:
