@@ -162,5 +162,21 @@ def view_c2w(yaw, pitch=0.0, distance: float = 4.0, world: torch.Tensor | None =
     return c2w
 
 
+def skew(w: torch.Tensor) -> torch.Tensor:
+    """[w]x: the cross-product matrix of the vectors w [..., 3] -> [..., 3, 3]."""
+    z = torch.zeros_like(w[..., 0])
+    return torch.stack([z, -w[..., 2], w[..., 1], w[..., 2], z, -w[..., 0], -w[..., 1], w[..., 0], z], -1).reshape(*w.shape[:-1], 3, 3)
+
+
+def corrected_c2w(c2w: torch.Tensor, rot: torch.Tensor, trans: torch.Tensor) -> torch.Tensor:
+    """c2w @ [exp([rot]x) | trans]: a rigid correction in the camera's own frame (zero = unchanged); rot is an axis-angle
+    vector in radians, trans in the scene's units. Used by fitting (per-frame pose offsets) and by training's optional
+    per-frame camera correction; differentiable in all three inputs."""
+    R = torch.linalg.matrix_exp(skew(rot))
+    top = torch.cat([R, trans[..., None]], -1)
+    bottom = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=c2w.dtype, device=c2w.device).expand(*c2w.shape[:-2], 1, 4)
+    return c2w @ torch.cat([top, bottom], -2)
+
+
 __all__ = ["rotation_matrix", "orbit_c2w", "look_at", "c2w_from_w2c", "intrinsics_from_fov", "orbit_path",
-           "pixel_rays", "world_frame", "view_c2w"]
+           "pixel_rays", "world_frame", "view_c2w", "skew", "corrected_c2w"]

@@ -40,7 +40,7 @@ def heldout(tiny_set, model):
 
 
 def test_pose_correction_is_rigid_and_zero_is_identity():
-    from dgnerf.apps.fit import corrected_c2w
+    from dgnerf.camera import corrected_c2w
     from dgnerf.camera import orbit_c2w
 
     c2w = orbit_c2w([10.0, -20.0], [5.0, 0.0], 0.0, 4.0)

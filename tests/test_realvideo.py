@@ -117,6 +117,7 @@ def test_metrics_and_files(checked):
     by_pose = masked_psnr(torch.stack([tr[int(j)]["image"] for j in near]), truth, mask)
     assert ref["copy_nearest_train_pose"]["psnr_per_frame"] == pytest.approx(by_pose.tolist(), rel=1e-5)
     assert rep["checkpoint_selection"] == {"by": "last checkpoint"}
+    assert rep["camera_correction"] is None  # the default: the tracked poses as they are
     assert rep["background_weight"] == 1.0  # the built-in set records its flat background: it is modelled
     assert ref["truth_shifted_0.5px"]["psnr"] > ref["truth_shifted_1px"]["psnr"]
     assert 0 < ref["truth_shifted_1px"]["ssim"] < ref["truth_shifted_0.5px"]["ssim"] < 1
@@ -141,6 +142,22 @@ def test_validation_frames_choose_the_checkpoint(video_set, tmp_path):
     assert sel["by"] == "best validation masked PSNR" and sel["val_frames"] == 2 and set(scores) == {3, 6}
     assert rep["steps"] == sel["step"] == max(scores, key=lambda s: (scores[s], s))
     assert main(_args(video_set, tmp_path / "bad", "--val-frames", "9-10")) == 2  # overlaps train and test
+
+
+def test_camera_correction_is_reported_and_resume_keeps_it(video_set, tmp_path, capsys):
+    out = tmp_path / "cam"
+    assert main(_args(video_set, out, "--camera-lr", "1e-2")) == 0
+    rep = json.loads((out / "metrics.json").read_text())
+    cam = rep["camera_correction"]
+    assert cam["lr"] == 1e-2 and cam["reg"] == 0.0
+    assert 0 < cam["rotation_deg"]["mean"] <= cam["rotation_deg"]["max"] and cam["translation"]["max"] > 0
+    assert "cameras corrected while training (learning rate 0.01" in (out / "realvideo.md").read_text()
+    capsys.readouterr()
+    assert main(_args(video_set, out, "--resume")) == 2  # the run learned corrections; this one would not
+    assert "other settings (camera_lr)" in capsys.readouterr().err
+    for v in ("-1", "nan"):
+        assert main(_args(video_set, tmp_path / "o", "--camera-lr", v)) == 2
+        assert "--camera-lr: expected a finite number >= 0" in capsys.readouterr().err
 
 
 def test_rerun_needs_resume_and_eval_only_rescores(video_set, checked, capsys):

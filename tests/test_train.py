@@ -12,7 +12,7 @@ import torch
 
 from dgnerf.errors import DgnerfError
 from dgnerf.train import Trainer
-from dgnerf.train.trainer import frame_indices
+from dgnerf.train.trainer import frame_indices, step_seed
 from tests.conftest import TINY_MODEL, tiny_train_config
 
 
@@ -298,3 +298,69 @@ def test_weight_average_is_what_checkpoints_hold_and_resume_continues_it_exactly
     rc = main(["train", tiny_set, "--out", str(tmp_path / "e"), "--lambda-perceptual", "0", "--ema-decay", "1"])
     err = capsys.readouterr().err
     assert rc == 2 and "--ema-decay" in err and "< 1" in err, err
+
+
+def test_camera_correction_moves_the_training_cameras_only_and_resumes_exactly(tiny_set, tmp_path, capsys):
+    """camera_lr > 0: each training frame's camera is c2w @ [exp([w]x) | t] with w, t learned (zero mean over the
+    frames), kept in train_state.safetensors; renders use the data's cameras; --resume continues bit for bit."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from dgnerf.camera import corrected_c2w
+    from dgnerf.cli import main
+    from dgnerf.model import RenderOptions
+    from dgnerf.model.checkpoint import read_checkpoint
+
+    kw = dict(steps=8, checkpoint_every=4, camera_lr=1e-2, camera_reg=1e-3)
+    tr = Trainer(tiny_cfg(tiny_set, tmp_path / "a", **kw))
+    n = len(tr.train_set)
+    tr.fit()
+    ck = tmp_path / "a" / "checkpoints" / "step_00000008"
+    state = load_file(str(ck / "train_state.safetensors"))
+    rot, trans = state["camera.rotation"], state["camera.translation"]
+    assert rot.shape == (n, 3) and trans.shape == (n, 3)
+    assert float(rot.abs().max()) > 1e-4 and float(trans.abs().max()) > 1e-4  # they learned
+    torch.testing.assert_close(rot.mean(0), torch.zeros(3), atol=1e-6, rtol=0)  # zero mean over the frames
+    torch.testing.assert_close(trans.mean(0), torch.zeros(3), atol=1e-6, rtol=0)
+    assert torch.equal(tr.camera_corrections()[0], rot)
+    logged = [json.loads(line) for line in open(tmp_path / "a" / "metrics.jsonl")]
+    assert logged[-1]["camera_deg_max"] == pytest.approx(float(rot.norm(dim=-1).max()) * 180 / math.pi, rel=1e-5)
+    # a training step renders frame i through its corrected camera; a render outside training uses the data's
+    b = tr.frames.batch([0, 1], tr.device, count=False)
+    with torch.no_grad():
+        got = tr.forward_batch(b, 3).image
+        opts = RenderOptions(path="fast", precision="fp32", stratified=True, seed=step_seed(tr.cfg.seed, 3))
+        want = tr.model(b["identity"], b["expression"], corrected_c2w(b["c2w"], rot[:2], trans[:2]), b["intrinsics"],
+                        options=opts).image
+        plain = tr.model(b["identity"], b["expression"], b["c2w"], b["intrinsics"], options=opts).image
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(got, plain, atol=1e-6)
+    # model.safetensors holds no camera tensors: it is a normal head checkpoint
+    _, weights, _ = read_checkpoint(str(ck / "model.safetensors"))
+    assert not any(k.startswith("camera") for k in weights)
+    # resume from step 4 elsewhere: the same bits at step 8, weights and corrections
+    shutil.copytree(tmp_path / "a" / "checkpoints", tmp_path / "b" / "checkpoints")
+    shutil.rmtree(tmp_path / "b" / "checkpoints" / "step_00000008")
+    (tmp_path / "b" / "checkpoints" / "latest").write_text("step_00000004\n")
+    Trainer(tiny_cfg(tiny_set, tmp_path / "b", **kw)).fit(resume=True)
+    state_b = load_file(str(tmp_path / "b" / "checkpoints" / "step_00000008" / "train_state.safetensors"))
+    assert set(state_b) == set(state) and all(torch.equal(state_b[k], state[k]) for k in state if k != "rng.torch")
+    # a run without corrections loads such a checkpoint; a run with them starts them at zero from one without
+    plain_run = Trainer(tiny_cfg(tiny_set, tmp_path / "c", steps=8))
+    plain_run.load(str(ck))
+    assert plain_run.camera_corrections() is None
+    Trainer(tiny_cfg(tiny_set, tmp_path / "d", steps=4, checkpoint_every=4)).fit()
+    again = Trainer(tiny_cfg(tiny_set, tmp_path / "d", **kw))
+    capsys.readouterr()
+    assert again.load(str(tmp_path / "d" / "checkpoints" / "step_00000004")) == 4
+    assert "no camera corrections" in capsys.readouterr().out
+    assert float(again.camera_corrections()[0].abs().max()) == 0.0
+    # bad values are named, by the Trainer and by the CLI
+    for name in ("camera_lr", "camera_reg"):
+        for bad in (-1e-3, float("nan"), True, "1"):
+            with pytest.raises(DgnerfError, match=f"{name}: expected a finite number >= 0"):
+                Trainer(tiny_cfg(tiny_set, tmp_path / "e", **{name: bad}))
+    rc = main(["train", tiny_set, "--out", str(tmp_path / "f"), "--lambda-perceptual", "0", "--camera-lr", "-1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--camera-lr" in err and ">= 0" in err, err

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as Fn
 
+from dgnerf.camera import corrected_c2w
 from dgnerf.data import HeadDataset
 from dgnerf.errors import DgnerfError
 from dgnerf.losses import perceptual_loss
@@ -285,19 +286,6 @@ def preprocess_inputs(inputs: list[str], out: str, basis: str | None, resolution
 # ----------------------------------------------------------------------------------------------------------
 # the fit
 # ----------------------------------------------------------------------------------------------------------
-
-
-def skew(w: torch.Tensor) -> torch.Tensor:
-    z = torch.zeros_like(w[..., 0])
-    return torch.stack([z, -w[..., 2], w[..., 1], w[..., 2], z, -w[..., 0], -w[..., 1], w[..., 0], z], -1).reshape(*w.shape[:-1], 3, 3)
-
-
-def corrected_c2w(c2w: torch.Tensor, rot: torch.Tensor, trans: torch.Tensor) -> torch.Tensor:
-    """c2w @ [exp([rot]x) | trans]: a rigid correction in the camera's own frame (zero = unchanged)."""
-    R = torch.linalg.matrix_exp(skew(rot))
-    top = torch.cat([R, trans[..., None]], -1)
-    bottom = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=c2w.dtype, device=c2w.device).expand(*c2w.shape[:-2], 1, 4)
-    return c2w @ torch.cat([top, bottom], -2)
 
 
 def image_metrics(pred, target, mask, vgg=None, embedder=None, landmarks=None) -> dict:

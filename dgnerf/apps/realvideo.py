@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -82,6 +83,9 @@ class RealVideoConfig:
     # With ~100 frames the weights' step-to-step noise costs the held-out frames more than it costs the training
     # frames: on carphone the average scores 0.1-0.3 dB higher on them (docs/realvideo.md).
     ema_decay: float = 0.998
+    # A learned camera correction per training frame (TrainConfig.camera_lr; 0 = the tracked poses as they are).
+    camera_lr: float = 0.0
+    camera_reg: float = 0.0
     lambda_perceptual: float = 0.0  # the VGG16 term is ~10x the cost of a step on a CPU
     # L2 weight outside the head mask. None: 1 when the dataset records a known flat background (it is then part of
     # what the model must render), else 0 (a real, moving background: fit the head only; metrics are inside the mask).
@@ -252,12 +256,31 @@ def background_weight(cfg: RealVideoConfig) -> float:
 def train_config(cfg: RealVideoConfig):
     return TrainConfig(data=os.path.join(cfg.out, "data"), out=os.path.join(cfg.out, "run"), model=dict(cfg.model),
                        batch_size=cfg.batch_size, steps=cfg.steps, lr=cfg.lr, lr_final=cfg.lr_final,
-                       ema_decay=cfg.ema_decay,
+                       ema_decay=cfg.ema_decay, camera_lr=cfg.camera_lr, camera_reg=cfg.camera_reg,
                        lambda_perceptual=cfg.lambda_perceptual, background_weight=background_weight(cfg),
                        checkpoint_every=cfg.checkpoint_every, sample_every=cfg.checkpoint_every,
                        log_every=max(1, min(50, cfg.steps // 20)),
                        keep_checkpoints=cfg.steps // max(1, cfg.checkpoint_every) + 2, seed=cfg.seed,
                        max_minutes=cfg.max_minutes, device=cfg.device, tensorboard=False, progress=cfg.progress)
+
+
+def camera_correction_summary(checkpoint: str, tc: dict) -> dict | None:
+    """The learned per-frame camera corrections of a checkpoint (TrainConfig.camera_lr > 0): their learning rate,
+    regulariser and size (rotation in degrees, translation in the scene's units; mean and largest over the training
+    frames); None for a run without them."""
+    if not tc.get("camera_lr"):
+        return None
+    from safetensors import safe_open
+
+    with safe_open(os.path.join(checkpoint, "train_state.safetensors"), framework="pt") as f:
+        keys = set(f.keys())
+        if "camera.rotation" not in keys:
+            return None
+        ang = f.get_tensor("camera.rotation").norm(dim=-1) * (180.0 / math.pi)
+        shift = f.get_tensor("camera.translation").norm(dim=-1)
+    return {"lr": tc["camera_lr"], "reg": tc.get("camera_reg", 0.0),
+            "rotation_deg": {"mean": round(float(ang.mean()), 4), "max": round(float(ang.max()), 4)},
+            "translation": {"mean": round(float(shift.mean()), 5), "max": round(float(shift.max()), 5)}}
 
 
 def train_stage(cfg: RealVideoConfig, resume: bool, log=print) -> dict:
@@ -269,8 +292,8 @@ def train_stage(cfg: RealVideoConfig, resume: bool, log=print) -> dict:
     if resume and os.path.isfile(os.path.join(tc.out, "train_config.json")):
         with open(os.path.join(tc.out, "train_config.json")) as f:
             old = json.load(f)
-        diff = [k for k in ("model", "batch_size", "steps", "lr", "lr_final", "ema_decay", "lambda_perceptual",
-                            "background_weight", "seed")
+        diff = [k for k in ("model", "batch_size", "steps", "lr", "lr_final", "ema_decay", "camera_lr", "camera_reg",
+                            "lambda_perceptual", "background_weight", "seed")
                 if json.dumps(old.get(k), sort_keys=True) != json.dumps(tc.to_dict()[k], sort_keys=True)]
         if diff:
             raise DgnerfError(f"--resume: the run in {tc.out} was trained with other settings ({', '.join(diff)}); "
@@ -499,6 +522,7 @@ def evaluate_stage(cfg: RealVideoConfig, log=print, curve: bool = True) -> dict:
         "checkpoint": os.path.abspath(latest), "steps": step, "checkpoint_selection": selection,
         "batch_size": tc["batch_size"],
         "lr": [tc["lr"], tc["lr_final"]], "ema_decay": tc.get("ema_decay", 0.0),
+        "camera_correction": camera_correction_summary(latest, tc),
         "lambda_perceptual": tc["lambda_perceptual"],
         "background_weight": tc.get("background_weight"), "model": mc.to_dict(),
         "training_seconds": None if secs is None else round(secs, 1),
@@ -584,6 +608,12 @@ def markdown_report(rep: dict) -> str:
          f"({rep['threads']} thread(s))"
          + (f"; the weights averaged over the steps (decay {rep['ema_decay']:g})" if rep.get("ema_decay") else "")
          + ".\n\n")
+    cam = rep.get("camera_correction")
+    if cam:
+        s += (f"Training frames' cameras corrected while training (learning rate {cam['lr']:g}, L2 weight {cam['reg']:g}): "
+              f"rotation {cam['rotation_deg']['mean']:.2f} deg on average, at most {cam['rotation_deg']['max']:.2f}; "
+              f"translation {cam['translation']['mean']:.4f} on average, at most {cam['translation']['max']:.4f} "
+              "(scene units). Every render uses the tracked poses.\n\n")
     s += head + row(f"held-out {te}", rep["metrics"]["heldout"]) + row(f"train {tr}", rep["metrics"]["train"])
     s += row(f"held-out at {res['image'] // 2} px (2x2 box)", rep["metrics"]["heldout_half_resolution"])
     s += row(f"train at {res['image'] // 2} px (2x2 box)", rep["metrics"]["train_half_resolution"])

