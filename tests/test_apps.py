@@ -291,9 +291,24 @@ def test_fit_one_image_prints_its_expected_time(tiny_set, tiny_ckpt, tmp_path, c
         assert "--frames" in capsys.readouterr().err
 
 
+def test_fit_config_from_python_names_its_fields():
+    from dgnerf.apps.fit import FitConfig
+    from dgnerf.errors import DgnerfError
+
+    for kw, text in ((dict(iters=-1), "iters: expected an integer"), (dict(reg_rotation=-1.0), "reg_rotation: expected"),
+                     (dict(lr_identity="x"), "lr_identity: expected a number >= 0, got 'x'"),
+                     (dict(lr_decay=float("nan")), "lr_decay: expected a number in (0, 1]"),
+                     (dict(iters=0), "iters and finetune_iters: both are 0"), (dict(batch=True), "batch: expected"),
+                     (dict(fit_pose=1), "fit_pose: expected true or false")):
+        with pytest.raises(DgnerfError) as e:
+            FitConfig(**kw).check()
+        assert str(e.value).startswith(text) and "--" not in str(e.value), (kw, str(e.value))
+
+
 def test_fit_names_its_flags_and_leaves_no_empty_out(tiny_set, tiny_ckpt, tmp_path, capsys):
     for argv, flag in ((["--reg-pose", "-1"], "--reg-pose"), (["--iters", str(10**12)], "--iters"),
-                       (["--frames", "9"], "--frames")):
+                       (["--frames", "9"], "--frames"), (["--iters", "0"], "--iters and --finetune-iters: both are 0"),
+                       (["--lr-decay", "2"], "--lr-decay: expected a number in (0, 1]")):
         out = tmp_path / f"o{flag}"
         assert main(["fit", tiny_set, "--checkpoint", tiny_ckpt, "--out", str(out), "--no-lpips", "--no-csim",
                      "--no-progress", *argv]) == 2

@@ -46,7 +46,6 @@ from dgnerf.preprocess.pipeline import Options, run
 
 
 MAX_ITERS = 1_000_000  # a bound that names the flag instead of a run that never ends
-FLAGS = {"reg_rotation": "--reg-pose", "reg_translation": "--reg-pose"}  # fields set by one flag of `dgnerf fit`
 
 
 @dataclass
@@ -71,25 +70,28 @@ class FitConfig:
     path: str = "fast"
 
     def check(self) -> "FitConfig":
-        if not (isinstance(self.iters, int) and 0 <= self.iters <= MAX_ITERS):
-            raise DgnerfError(f"--iters: expected an integer in [0, {MAX_ITERS}], got {self.iters!r}")
-        if not (isinstance(self.finetune_iters, int) and 0 <= self.finetune_iters <= MAX_ITERS):
-            raise DgnerfError(f"--finetune-iters: expected an integer in [0, {MAX_ITERS}], got {self.finetune_iters!r}")
+        """The settings as fit_person needs them, else a DgnerfError naming the field (`dgnerf fit` names the flag)."""
+        def number(v) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+        for name in ("iters", "finetune_iters"):
+            v = getattr(self, name)
+            if not (isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_ITERS):
+                raise DgnerfError(f"{name}: expected an integer in [0, {MAX_ITERS}], got {v!r}")
         if self.iters + self.finetune_iters == 0:
-            raise DgnerfError("--iters and --finetune-iters are both 0: nothing to fit")
-        for name in ("lr_identity", "lr_expression", "lr_rotation", "lr_translation", "finetune_lr"):
+            raise DgnerfError("iters and finetune_iters: both are 0, nothing to fit")
+        for name in ("lr_identity", "lr_expression", "lr_rotation", "lr_translation", "finetune_lr", "lambda_perceptual",
+                     "reg_identity", "reg_expression", "reg_rotation", "reg_translation"):
             v = getattr(self, name)
-            if not (math.isfinite(v) and v >= 0):
-                raise DgnerfError(f"--{name.replace('_', '-')}: expected a number >= 0, got {v!r}")
-        if not (0 < self.lr_decay <= 1):
-            raise DgnerfError(f"--lr-decay: expected a number in (0, 1], got {self.lr_decay!r}")
-        for name in ("lambda_perceptual", "reg_identity", "reg_expression", "reg_rotation", "reg_translation"):
-            v = getattr(self, name)
-            if not (math.isfinite(v) and v >= 0):
-                flag = FLAGS.get(name, "--" + name.replace("_", "-"))
-                raise DgnerfError(f"{flag}: expected a number >= 0, got {v!r}")
-        if not (isinstance(self.batch, int) and self.batch >= 1):
-            raise DgnerfError(f"--batch: expected an integer >= 1, got {self.batch!r}")
+            if not (number(v) and v >= 0):
+                raise DgnerfError(f"{name}: expected a number >= 0, got {v!r}")
+        if not (number(self.lr_decay) and 0 < self.lr_decay <= 1):
+            raise DgnerfError(f"lr_decay: expected a number in (0, 1], got {self.lr_decay!r}")
+        for name in ("fit_identity", "fit_expression", "fit_pose"):
+            if not isinstance(getattr(self, name), bool):
+                raise DgnerfError(f"{name}: expected true or false, got {getattr(self, name)!r}")
+        if not (isinstance(self.batch, int) and not isinstance(self.batch, bool) and self.batch >= 1):
+            raise DgnerfError(f"batch: expected an integer >= 1, got {self.batch!r}")
         if self.path not in ("fast", "reference"):
             raise DgnerfError(f"path: expected 'fast' or 'reference', got {self.path!r}")
         return self

@@ -10,6 +10,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import shutil
 
 import torch
@@ -44,6 +45,16 @@ def json_object(text: str):
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"name\": value}}', got {text[:80]!r}")
     return value
+
+
+def flag_named(text: str, flags: dict) -> str:
+    """An app's error message, which starts with the setting's field name ("iters: ..." or "a and b: ..."), with those
+    names as the flags the user typed: flags maps a field to its flag; a field not in it is left as it is."""
+    m = re.match(r"(\w+)( and (\w+))?:", text)
+    if m and m.group(1) in flags:
+        head = flags[m.group(1)] + (f" and {flags.get(m.group(3), m.group(3))}" if m.group(3) else "")
+        text = head + text[m.end(0) - 1:]
+    return text
 
 
 def check_int(value, flag: str, lo: int | None = None, hi: int | None = None, what: str = "") -> None:
@@ -373,4 +384,4 @@ def csim_info(embedder, reason) -> dict:
 
 __all__ = ["resolve_device", "load_model", "add_model_args", "build_model", "codes",
            "render_options", "check_camera_flags", "render_frames", "check_out", "vggs", "vgg_missing", "csim_info",
-           "json_object", "check_dataset_dir", "check_model_overrides", "removed_on_error", "topmost_missing", "check_int", "check_number", "check_seed", "PRECISION_HELP", "IDENTITY_HELP"]
+           "json_object", "check_dataset_dir", "check_model_overrides", "removed_on_error", "topmost_missing", "check_int", "check_number", "check_seed", "flag_named", "PRECISION_HELP", "IDENTITY_HELP"]

@@ -94,7 +94,7 @@ def check_fit_flags(args) -> None:
     check_int(args.iters, "--iters", 0, MAX_ITERS)
     check_int(args.finetune_iters, "--finetune-iters", 0, MAX_ITERS)
     if args.iters + args.finetune_iters == 0:
-        raise DgnerfError("--iters and --finetune-iters are both 0: nothing to fit")
+        raise DgnerfError("--iters and --finetune-iters: both are 0, nothing to fit")
     for flag in ("lambda_perceptual", "lr_identity", "lr_expression", "lr_rotation", "lr_translation", "reg_identity",
                  "reg_expression", "reg_pose", "finetune_lr"):
         check_number(getattr(args, flag), "--" + flag.replace("_", "-"), 0)

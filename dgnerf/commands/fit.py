@@ -20,7 +20,7 @@ from dgnerf.apps.fit import (
     targets_from_dataset,
 )
 from dgnerf.codes import save_identity
-from dgnerf.commands._common import csim_info, load_model, vggs
+from dgnerf.commands._common import csim_info, flag_named, load_model, vggs
 from dgnerf.data import HeadDataset
 from dgnerf.errors import DgnerfError
 from dgnerf.media import loss_curve_png
@@ -59,13 +59,22 @@ def add_fit_arguments(p, iters_default: int = 300, max_frames_default: int | Non
     g.add_argument("--no-progress", action="store_true")
 
 
+# FitConfig names its settings by field; the user typed these flags (one flag sets both pose regularisers).
+FIT_FLAGS = {"reg_rotation": "--reg-pose", "reg_translation": "--reg-pose"}
+
+
 def fit_config(args):
-    return FitConfig(iters=args.iters, lr_identity=args.lr_identity, lr_expression=args.lr_expression,
+    cfg = FitConfig(iters=args.iters, lr_identity=args.lr_identity, lr_expression=args.lr_expression,
                      lr_rotation=args.lr_rotation, lr_translation=args.lr_translation, lr_decay=args.lr_decay,
                      lambda_perceptual=args.lambda_perceptual, reg_identity=args.reg_identity,
                      reg_expression=args.reg_expression, reg_rotation=args.reg_pose, reg_translation=args.reg_pose,
                      fit_pose=not args.no_pose, finetune_iters=args.finetune_iters, finetune_lr=args.finetune_lr,
-                     batch=args.batch).check()
+                     batch=args.batch)
+    try:
+        return cfg.check()
+    except DgnerfError as e:
+        fields = [f for f in FitConfig.__dataclass_fields__ if f not in ("path", "fit_identity", "fit_expression", "fit_pose")]
+        raise DgnerfError(flag_named(str(e), {f: FIT_FLAGS.get(f, "--" + f.replace("_", "-")) for f in fields})) from None
 
 
 def _resolve_source(args, cfg, workdir: str):

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 
 from dgnerf.apps.realvideo import REALVIDEO_MODEL, RealVideoConfig, parse_frames, run_check
 from dgnerf.commands._common import (
     check_model_overrides,
     check_number,
     check_seed,
+    flag_named,
     json_object,
     removed_on_error,
     resolve_device,
@@ -76,15 +76,6 @@ FIELD_FLAGS = {"train_frames": "--train-frames", "test_frames": "--test-frames",
                "--expression-components", "identity": "--identity", "person": "--person", "out": "--out", "data": "DATA"}
 
 
-def flag_named(text: str) -> str:
-    """The check's message with a leading field name (and fields named inside it) as the flags the user typed."""
-    m = re.match(r"(\w+)( and (\w+))?:", text)
-    if m and m.group(1) in FIELD_FLAGS:
-        head = FIELD_FLAGS[m.group(1)] + (f" and {FIELD_FLAGS.get(m.group(3), m.group(3))}" if m.group(3) else "")
-        text = head + text[m.end(0) - 1:]
-    return text
-
-
 def config_from_args(args):
     for name in ("steps", "batch_size", "checkpoint_every"):
         if getattr(args, name) < 1:
@@ -133,7 +124,7 @@ def run(args):
         with removed_on_error(args.out):
             rep = run_check(cfg, resume=args.resume, eval_only=args.eval_only)
     except DgnerfError as e:
-        raise DgnerfError(flag_named(str(e))) from None
+        raise DgnerfError(flag_named(str(e), FIELD_FLAGS)) from None
     finally:
         torch.set_num_threads(threads)  # in-process callers (tests, notebooks) keep their thread count
     m = rep["metrics"]
