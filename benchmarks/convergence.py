@@ -139,6 +139,9 @@ RUNS = {
                        DEMO_TRAIN, DEMO_SET, "the grid's finest level 128 cells across the cube instead of 256"),
     "demo-frequency-adam": (DEMO_FREQUENCY, DEMO_TRAIN, DEMO_SET,
                             "the demo's settings (its Adam too) with the paper's frequency encoding instead of the hash grid"),
+    # round 6: cheaper steps (the demo's fixed number of steps must fit ten minutes on slower hosts too)
+    "demo-s12": (dict(DEMO_OVERRIDES, n_samples=12), DEMO_TRAIN, DEMO_SET, "12 samples per ray instead of 16"),
+    "demo-d2": (dict(DEMO_OVERRIDES, mlp_depth=2), DEMO_TRAIN, DEMO_SET, "a 2x64 field MLP instead of 3x64"),
 }
 
 
