@@ -198,6 +198,19 @@ def test_demo_reuses_its_own_set_only(tiny_set):
     assert not _same_set(tiny_set + "-missing", spec)
 
 
+def test_demo_description_names_its_model():
+    # the description the demo prints and writes to metrics.json["model"] is written by hand: it must say what runs
+    from dgnerf.apps.demo import DEMO_DESCRIPTION, DEMO_MODEL
+
+    m = DEMO_MODEL
+    for text in (f"{m['mlp_depth']}x{m['mlp_width']} MLP", f"{m['n_samples']} samples per ray",
+                 f"{m['feature_size']}x{m['feature_size']}x{m['feature_dim']} feature map",
+                 f"{m['hash_levels']} levels", f"{m['hash_identity_bases']} tables of 2^{m['hash_table_size'].bit_length() - 1}",
+                 f"{m['hash_base_resolution']}..{m['hash_finest_resolution']} cells", f"{m['image_size']}x{m['image_size']} images"):
+        assert text in DEMO_DESCRIPTION, (text, DEMO_DESCRIPTION)
+    assert len(m["renderer_channels"]) == 1 and "one renderer block" in DEMO_DESCRIPTION
+
+
 def test_param_groups_per_part():
     from dgnerf.model import HeadConfig, HeadModel
     from dgnerf.train.trainer import param_groups, part_of
