@@ -506,8 +506,7 @@ class Trainer:
             bad += [f"average of {n}" for n, e in zip(names, self.ema) if not bool(torch.isfinite(e).all())]
         return bad
 
-    # ------------------------------------------------------------------ weight average
-    @torch.no_grad()
+    # ------------------------------------------------------------------ camera corrections
     def _step_camera(self, step: int) -> None:
         """One Adam step of the camera corrections (their gradients averaged over the processes, like DDP does the
         model's), then each of the two kept at zero mean over the frames."""
@@ -541,6 +540,8 @@ class Trainer:
         order; None without camera correction."""
         return None if self.camera is None else tuple(t.detach().cpu().clone() for t in self.camera)
 
+    # ------------------------------------------------------------------ weight average
+    @torch.no_grad()
     def _update_ema(self) -> None:
         if self.ema is None:
             return
