@@ -296,7 +296,7 @@ def test_fit_config_from_python_names_its_fields():
     from dgnerf.errors import DgnerfError
 
     for kw, text in ((dict(iters=-1), "iters: expected an integer"), (dict(reg_rotation=-1.0), "reg_rotation: expected"),
-                     (dict(lr_identity="x"), "lr_identity: expected a number >= 0, got 'x'"),
+                     (dict(lr_identity="x"), "lr_identity: expected a finite number >= 0, got 'x'"),
                      (dict(lr_decay=float("nan")), "lr_decay: expected a number in (0, 1]"),
                      (dict(iters=0), "iters and finetune_iters: both are 0"), (dict(batch=True), "batch: expected"),
                      (dict(fit_pose=1), "fit_pose: expected true or false")):

@@ -84,7 +84,7 @@ class FitConfig:
                      "reg_identity", "reg_expression", "reg_rotation", "reg_translation"):
             v = getattr(self, name)
             if not (number(v) and v >= 0):
-                raise DgnerfError(f"{name}: expected a number >= 0, got {v!r}")
+                raise DgnerfError(f"{name}: expected a finite number >= 0, got {v!r}")
         if not (number(self.lr_decay) and 0 < self.lr_decay <= 1):
             raise DgnerfError(f"lr_decay: expected a number in (0, 1], got {self.lr_decay!r}")
         for name in ("fit_identity", "fit_expression", "fit_pose"):

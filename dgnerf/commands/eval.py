@@ -24,8 +24,6 @@ from dgnerf.data import HeadDataset
 from dgnerf.errors import DgnerfError
 from dgnerf.metrics import csim_embedder
 
-MAX_ITERS = 10_000_000  # fitting steps per person: more would never end
-
 
 def check_split(args) -> list[str] | None:
     """--split and --persons against the dataset, before anything is loaded or printed (-> the persons or None)."""
@@ -52,8 +50,7 @@ def check_split(args) -> list[str] | None:
 
 def run(args):
     # every flag before the model, the VGG and the face encoder are loaded (they print what they skip)
-    check_fit_flags(args)
-    cfg = fit_config(args)
+    cfg = fit_config(args)  # the fitting flags, checked and named as typed (shared with `dgnerf fit`)
     check_int(args.max_frames, "--max-frames", 0, what="0 = all")
     check_number(args.ablation_lambda, "--ablation-lambda", 0, lo_open=True, what="perceptual weight")
     check_int(args.ablation_identity_steps, "--ablation-identity-steps", 1)
@@ -87,19 +84,6 @@ def run(args):
           (", table1_ablation.md" if "ablation" in rep else "") +
           (", table1_identity.md, ablation_identity.png" if "ablation_identity" in rep else ""))
     return 130 if rep["interrupted"] else 0
-
-
-def check_fit_flags(args) -> None:
-    """The fitting flags eval shares with fit, each named as typed (the fit config names some by its fields)."""
-    check_int(args.iters, "--iters", 0, MAX_ITERS)
-    check_int(args.finetune_iters, "--finetune-iters", 0, MAX_ITERS)
-    if args.iters + args.finetune_iters == 0:
-        raise DgnerfError("--iters and --finetune-iters: both are 0, nothing to fit")
-    for flag in ("lambda_perceptual", "lr_identity", "lr_expression", "lr_rotation", "lr_translation", "reg_identity",
-                 "reg_expression", "reg_pose", "finetune_lr"):
-        check_number(getattr(args, flag), "--" + flag.replace("_", "-"), 0)
-    check_number(args.lr_decay, "--lr-decay", 0, 1, lo_open=True)
-    check_int(args.batch, "--batch", 1)
 
 
 def identity_variant(args, device):
