@@ -6,6 +6,8 @@
 
 #include <string>
 
+#include "dgnerf/bf16_rows.h"
+
 #ifndef DGNERF_TORCH_VERSION
 #define DGNERF_TORCH_VERSION "unknown"
 #endif
@@ -28,6 +30,9 @@ std::string build_info() {
 
 TORCH_LIBRARY(dgnerf, m) {
   m.def("build_info() -> str", &build_info);
+  // The field MLP's vectorized bf16 CPU epilogues (dgnerf/bf16_rows.h): mode 0 off, 1 on, -1 ask; -> whether
+  // they run (false where the CPU lacks AVX-512 BF16).
+  m.def("bf16_rows(int mode) -> bool", [](int64_t mode) { return dgnerf::bf16_rows_set(mode); });
 
   // Ray sampling: a batch of pinhole cameras -> per feature pixel a ray and S depths in [near, far]
   // (optionally clipped to a sphere). Returns points [B,H*W,S,3], dirs [B,H*W,3], depths [B,H*W,S],

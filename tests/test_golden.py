@@ -6,7 +6,7 @@ iterations of the held-out person (`dgnerf fit`). Every float the pipeline produ
 tests/golden/golden.safetensors.
 
 Bit-for-bit comparison needs the same arithmetic: the same CPU instruction set (MKL and oneDNN pick their
-kernels by ISA) and the same thread count (ATen's own reductions may split by thread). The test pins 2 threads; on a machine whose ISA differs from the one the values were recorded on, it compares
+kernels by ISA and CPU vendor) and the same thread count (ATen's own reductions may split by thread). The test pins 2 threads; on a machine whose ISA differs from the one the values were recorded on, it compares
 within float32 rounding instead and says so.
 
 Regenerate (only for a deliberate change of behaviour, never to make a refactor pass):
@@ -37,7 +37,15 @@ def _render(model, identity, expression, c2w, intrinsics, **options):
 
 
 def _isa() -> str:
-    return str(torch.backends.cpu.get_cpu_capability())
+    """The instruction set ATen dispatches to and the CPU's vendor: MKL and oneDNN pick other kernels on another
+    vendor's CPU of the same ISA (an AMD and an Intel AVX-512 machine round differently)."""
+    vendor = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            vendor = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("vendor_id")), vendor)
+    except OSError:
+        pass
+    return f"{torch.backends.cpu.get_cpu_capability()}/{vendor}"
 
 
 @pytest.fixture(scope="module")

@@ -145,6 +145,54 @@ def test_cpu_bf16_close_to_twin(output):
     compare(m, output, "bf16", 1e-2, 1e-2, torch_baseline=torch.bfloat16)
 
 
+@needs_kernel
+def test_cpu_bf16_several_tiles_per_image():
+    # 8200 points per image: a whole bf16 tile (8192 points) and a partial one of 8; widths in 16s, so the
+    # vectorized epilogues run where the CPU has them.
+    m = make_mlp(B=2, P=8200, Dx=9, Dd=5, Z=6, E=3, W=32, D=3, Wd=16, F=16, skip=1)
+    for output in ("feature", "hidden"):
+        compare(m, output, "bf16", 1e-2, 1e-2, torch_baseline=torch.bfloat16)
+
+
+BF16_ROWS = HAS_KERNEL and hasattr(torch.ops.dgnerf, "bf16_rows") and bool(torch.ops.dgnerf.bf16_rows(-1))
+
+
+@pytest.mark.skipif(not BF16_ROWS, reason="no AVX-512 BF16 on this CPU: the portable bf16 epilogues are the only ones")
+@pytest.mark.parametrize("output", ["feature", "hidden"])
+def test_cpu_bf16_vectorized_epilogues_equal_the_portable_ones(output):
+    """The AVX-512 BF16 epilogues (bias + ReLU, ReLU's backward with the bias sums, the float32 outputs) against
+    the portable ATen code they replace, on the same inputs: the same values bit for bit, the same gradients up
+    to the order of the bias sums."""
+    m = make_mlp(B=2, P=700, W=64, Wd=32, F=48)
+    gs, go = None, None
+
+    def run():
+        nonlocal gs, go
+        s, o = run_fused(m, output, "bf16")
+        if gs is None:
+            gs, go = torch.randn_like(s), torch.randn_like(o)
+        g = torch.autograd.grad((s * gs).sum() + (o * go).sum(), params_of(m))
+        return s.detach(), o.detach(), g
+
+    fast = run()
+    assert torch.ops.dgnerf.bf16_rows(0) is False
+    try:
+        slow = run()
+    finally:
+        assert torch.ops.dgnerf.bf16_rows(1) is True
+    assert torch.equal(fast[0], slow[0]) and torch.equal(fast[1], slow[1])
+    for a, b in zip(fast[2], slow[2]):
+        assert rel_err(a, b) <= 1e-5, rel_err(a, b)
+    # a NaN pre-activation stays NaN through the vectorized ReLU (never a silent 0)
+    with torch.no_grad():
+        m["lb"][0][3] = float("nan")
+    from dgnerf import ops
+
+    with ops.checks(False):
+        s, o = run_fused(m, output, "bf16")
+    assert torch.isnan(o).any()
+
+
 def test_fallback_is_the_twin(monkeypatch):
     """Without the compiled kernel the op computes exactly its twin."""
     from dgnerf import _ext

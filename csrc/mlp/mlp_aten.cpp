@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "dgnerf/bf16_rows.h"
 #include "dgnerf/checks.h"
 #include "dgnerf/mlp.h"
 #include "dgnerf/parallel.h"
@@ -29,11 +30,38 @@ at::Tensor to_compute(const at::Tensor& t, at::ScalarType ct) {
   return t.detach().to(ct).contiguous();
 }
 
+// The bf16 bit patterns of a contiguous CPU bf16 tensor (for the vectorized epilogues, dgnerf/bf16_rows.h).
+uint16_t* bf16_bits(const at::Tensor& t) { return reinterpret_cast<uint16_t*>(t.data_ptr<at::BFloat16>()); }
+
+bool cpu_bf16_tile(const at::Tensor& t) {
+  return t.device().is_cpu() && t.scalar_type() == at::kBFloat16 && t.is_contiguous();
+}
+
+// ReLU's backward on a tile, g where h > 0 (at::threshold_backward(g, h, 0)), and, when `colsum` (a float32
+// row) is defined, colsum += its column sums (the bias's gradient): one vectorized pass for CPU bf16 tiles.
+at::Tensor relu_grad(const at::Tensor& g, const at::Tensor& h, const at::Tensor& colsum) {
+  if (cpu_bf16_tile(g) && cpu_bf16_tile(h) && (!colsum.defined() || (colsum.scalar_type() == at::kFloat &&
+                                                                     colsum.is_contiguous()))) {
+    at::Tensor out = at::empty_like(g);
+    if (bf16_relu_grad(bf16_bits(out), bf16_bits(g), bf16_bits(h), g.size(0), g.size(1),
+                       colsum.defined() ? colsum.data_ptr<float>() : nullptr)) {
+      return out;
+    }
+  }
+  at::Tensor out = at::threshold_backward(g, h, 0);
+  if (colsum.defined()) colsum.add_(at::sum(out, {0}, false, colsum.scalar_type()));
+  return out;
+}
+
 // out += bias (one row, broadcast over the rows of a contiguous tile) and ReLU, in one pass over the
 // tile while it is in cache (ATen's addmm would first copy the broadcast bias into out: a strided pass
 // that cost ~12% of the CPU forward). ReLU keeps NaN (a NaN input must not turn into a silent 0).
 void bias_act_cpu(const at::Tensor& out, const at::Tensor& bias_row, bool relu) {
   const int64_t T = out.size(0), C = out.size(1);
+  if (out.scalar_type() == at::kBFloat16 &&
+      bf16_bias_act(bf16_bits(out), bf16_bits(bias_row), T, C, relu)) {
+    return;
+  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, out.scalar_type(), "field_mlp_bias_act", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     scalar_t* o = out.data_ptr<scalar_t>();
@@ -53,6 +81,10 @@ void bias_act_cpu(const at::Tensor& out, const at::Tensor& bias_row, bool relu) 
 // in one pass.
 void bias_convert_cpu(const at::Tensor& dst, const at::Tensor& src, const at::Tensor& bias_row) {
   const int64_t T = src.size(0), C = src.size(1);
+  if (src.scalar_type() == at::kBFloat16 &&
+      bf16_to_float_rows(dst.data_ptr<float>(), bf16_bits(src), bf16_bits(bias_row), T, C)) {
+    return;
+  }
   AT_DISPATCH_REDUCED_FLOATING_TYPES(src.scalar_type(), "field_mlp_bias_convert", [&] {
     const scalar_t* s = src.data_ptr<scalar_t>();
     const scalar_t* b = bias_row.data_ptr<scalar_t>();
@@ -219,7 +251,10 @@ void mlp_forward_rows(const MlpDims& m, const MlpWeights& w, int64_t r0, int64_t
       }
     }
   } else if (!o.is_same(hdir)) {
-    o.copy_(hdir);
+    if (!(cpu_bf16_tile(hdir) && o.scalar_type() == at::kFloat && o.is_contiguous() &&
+          bf16_to_float_rows(o.data_ptr<float>(), bf16_bits(hdir), nullptr, T, m.Wd))) {
+      o.copy_(hdir);
+    }
   }
 }
 
@@ -310,11 +345,14 @@ void mlp_backward_rows(const MlpDims& m, const MlpWeights& w, int64_t r0, int64_
   } else {
     g_hdir = gout;
   }
-  at::Tensor g_pre = at::threshold_backward(g_hdir, hdir, 0);
+  // A range inside one image sums its cond gradients into that image's row while applying ReLU's backward.
+  const at::Tensor none;
+  const bool one_image = r0 / m.P == (r1 - 1) / m.P;
+  const auto image_row = [&](const at::Tensor& a) { return one_image ? a.select(0, r0 / m.P) : none; };
+  at::Tensor g_pre = relu_grad(g_hdir, hdir, acc.dir_b);
   const at::Tensor hl = H(m.D - 1);
   acc_mm(acc.dir_w.narrow(1, 0, W), g_pre.t(), hl);
   acc_mm(acc.dir_w.narrow(1, W, m.Dd), g_pre.t(), d);
-  acc_colsum(acc.dir_b, g_pre);
   g_d.narrow(0, r0, T).copy_(at::mm(g_pre, w.dir_wd));
   acc_mm(acc.sigma_w, gs.t(), hl);
   acc_colsum(acc.sigma_b, gs);
@@ -322,20 +360,18 @@ void mlp_backward_rows(const MlpDims& m, const MlpWeights& w, int64_t r0, int64_
   g_h.addmm_(gs, w.sigma_w);
   at::Tensor gx;
   for (int64_t l = m.D - 1; l >= 1; --l) {
-    g_pre = at::threshold_backward(g_h, H(l), 0);
+    g_pre = relu_grad(g_h, H(l), l == m.skip ? image_row(acc.cond_skip) : acc.hidden_b[l - 1]);
     acc_mm(acc.hidden_w[l - 1], g_pre.t(), H(l - 1));
     if (l == m.skip) {
       acc_mm(acc.skip_wx, g_pre.t(), x);
-      image_sum_acc(acc.cond_skip, g_pre, r0, r1, m.P);
+      if (!one_image) image_sum_acc(acc.cond_skip, g_pre, r0, r1, m.P);
       gx = at::mm(g_pre, w.skip_wx);
-    } else {
-      acc_colsum(acc.hidden_b[l - 1], g_pre);
     }
     g_h = at::mm(g_pre, w.hidden_w[l - 1]);
   }
-  g_pre = at::threshold_backward(g_h, H(0), 0);
+  g_pre = relu_grad(g_h, H(0), image_row(acc.cond0));
   acc_mm(acc.w0x, g_pre.t(), x);
-  image_sum_acc(acc.cond0, g_pre, r0, r1, m.P);
+  if (!one_image) image_sum_acc(acc.cond0, g_pre, r0, r1, m.P);
   if (gx.defined()) {
     gx.addmm_(g_pre, w.w0x);
   } else {
