@@ -17,6 +17,11 @@ malloc hands large blocks back to the system when they are freed, so the next st
 get them again (a tenth of a step's CPU time in the kernel on the demo's model, docs/performance.md).
 `keep_freed_memory()` (the command calls it) tells glibc to keep up to 1 GiB of freed memory for reuse, unless the
 environment sets a MALLOC_* or glibc.malloc tunable itself.
+
+bf16 matrix units: `cpu_bf16_fast()` says whether the CPU multiplies bf16 matrices in hardware (AMX tiles with
+AVX-512 BF16, e.g. Intel Xeon Sapphire Rapids and later). There a training step in bf16 (the fused MLP's GEMMs and
+the renderer's convolutions through oneDNN, float32 accumulation) takes 0.77x the float32 step on the demo's model;
+elsewhere bf16 is emulated and slower, so training stays float32 (docs/performance.md).
 """
 from __future__ import annotations
 
@@ -59,6 +64,21 @@ def keep_freed_memory() -> bool:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return all(mallopt(k, v) == 1 for k, v in MALLOC_SETTINGS.items())
+
+
+def cpu_bf16_fast() -> bool:
+    """The CPU has AMX tiles and AVX-512 BF16 (torch's own CPU feature checks; False where torch lacks them).
+    DGNERF_CPU_BF16=0 or 1 overrides the answer (to compare the two on one machine)."""
+    env = os.environ.get("DGNERF_CPU_BF16")
+    if env in ("0", "1"):
+        return env == "1"
+    import torch
+
+    cpu = getattr(torch, "cpu", None)
+    try:
+        return bool(cpu._is_amx_tile_supported() and cpu._is_avx512_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def _read(path: str) -> str | None:

@@ -6,6 +6,11 @@ import torch
 
 from dgnerf.model.config import PRESETS
 
+# Training on a CPU with bf16 matrix units runs in bf16 by default (dgnerf.threads.cpu_bf16_fast); the suite trains in
+# float32 on every machine so that its results do not depend on the CPU it runs on. Tests of CPU bf16 training set
+# DGNERF_CPU_BF16=1 themselves (tests/test_train.py). Subprocesses (the CLI tests) inherit it.
+os.environ.setdefault("DGNERF_CPU_BF16", "0")
+
 HAS_CUDA = torch.cuda.is_available()
 _skip_without_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
 

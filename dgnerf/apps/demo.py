@@ -281,11 +281,13 @@ def run_demo(out: str = "out", steps: int | None = None, size: str = "small", se
     cfg = TrainConfig(data=data, out=run_dir, model=dict(DEMO_MODEL), **dict(DEMO_TRAIN, lambda_perceptual=lambda_perceptual),
                       steps=steps, checkpoint_every=250, sample_every=500, log_every=10, seed=seed, max_minutes=minutes)
     result = train(cfg)
-    log(f"[demo] trained {result['step']} steps, last loss {result['last'].get('loss', float('nan')):.4f}")
+    log(f"[demo] trained {result['step']} steps in {result['precision']}, last loss "
+        f"{result['last'].get('loss', float('nan')):.4f}")
     log(f"[demo] 3/3 writing pictures and metrics to {out}")
     res = make_outputs(run_dir, data, out, log=log)
     res["train_steps"] = result["step"]
     res["model"] = DEMO_DESCRIPTION
+    res["precision"] = result["precision"]  # bf16 where the CPU has bf16 matrix units (dgnerf.threads.cpu_bf16_fast)
     res["seconds"] = round(time.time() - t0, 1)
     with open(os.path.join(out, "metrics.json"), "w") as f:
         json.dump(res, f, indent=1)

