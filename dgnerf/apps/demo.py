@@ -31,7 +31,7 @@ from dgnerf.metrics import masked_l1, masked_psnr
 from dgnerf.model.checkpoint import load_checkpoint
 from dgnerf.model.config import PRESETS
 from dgnerf.train import TrainConfig, train
-from dgnerf.train.trainer import FrameStore
+from dgnerf.train.trainer import FrameStore, training_precision
 
 # Small enough to train on 2 CPU cores in minutes, same structure as the paper's model (docs/convergence.md has
 # the study that chose it): a 32x32x64 feature map rendered through one 2x renderer block to 64x64 images, 16
@@ -56,8 +56,18 @@ DEMO_TRAIN = dict(batch_size=8, lr=8e-3, lr_final=8e-4, lambda_perceptual=0.0, l
 # well as the model learned the mapping from identity code to head, which takes many identities (docs/convergence.md:
 # 80 people x 4 frames beat 10 x 20 by 3.6-4 dB on held-out people at the same number of steps).
 DEMO_DATA = dict(size="small", persons=84, frames_per_person=4, test_persons=4)
+# Training steps: a fixed number, so the result does not depend on the machine's speed. Where training runs in bf16
+# (a CPU with bf16 matrix units, or CUDA: dgnerf.train.trainer.training_precision) a step costs 0.77x a float32
+# one (docs/performance.md), and the demo trains 3200 steps in about the minutes float32 takes for 2400.
 DEMO_STEPS = 2400
+DEMO_STEPS_BF16 = 3200
 DEMO_MINUTES = 8  # training + outputs on a quiet 2-core machine (measured: README, "Demo results")
+
+
+def demo_steps() -> int:
+    """The demo's number of training steps on this machine: DEMO_STEPS_BF16 where it trains in bf16, else DEMO_STEPS."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return DEMO_STEPS_BF16 if training_precision(True, "fast", device) == "bf16" else DEMO_STEPS
 # Fitting ONE image of an unseen person: its identity and expression codes and camera (200 steps), then a copy of
 # the model fine-tuned on that image with the fitted codes (100 steps). Codes alone stop improving within 100 steps
 # at this model size; the fine-tuning step brings the image's detail and also improves the person's other frames
@@ -258,9 +268,9 @@ def _same_set(data: str, spec: dict) -> bool:
 
 def run_demo(out: str = "out", steps: int | None = None, size: str = "small", seed: int = 0,
              lambda_perceptual: float = 0.0, minutes: float | None = None, log=print) -> dict:
-    """Build the built-in set, train DEMO_MODEL for `steps` (default DEMO_STEPS) and write out/. `minutes`
+    """Build the built-in set, train DEMO_MODEL for `steps` (default `demo_steps()`) and write out/. `minutes`
     optionally caps the training time (then the result depends on the machine's speed)."""
-    steps = DEMO_STEPS if steps is None else steps
+    steps = demo_steps() if steps is None else steps
     if not (isinstance(steps, int) and not isinstance(steps, bool) and steps > 0):
         raise DgnerfError(f"--steps: expected a positive number of training steps, got {steps!r}")
     if minutes is not None and not (isinstance(minutes, (int, float)) and math.isfinite(minutes) and minutes > 0):

@@ -1,15 +1,16 @@
 """`dgnerf demo`: build the built-in head set, train a small model on this CPU for a fixed number of steps, and
 write the paper's story to out/ (renders, orbit video, interpolation grids, an unseen person fitted from one image
 and driven by another, metrics.json)."""
-from dgnerf.apps.demo import DEMO_MINUTES, DEMO_STEPS, run_demo
+from dgnerf.apps.demo import DEMO_MINUTES, DEMO_STEPS, DEMO_STEPS_BF16, run_demo
 
 
 def register(sub):
     p = sub.add_parser("demo", help=f"the main job: built-in head set -> train a small model (~{DEMO_MINUTES + 2} min "
                                     "on a 2-core CPU) -> out/", description=__doc__)
     p.add_argument("--out", default="out", help="output directory (default out/)")
-    p.add_argument("--steps", type=int, default=DEMO_STEPS,
-                   help=f"training steps (default {DEMO_STEPS}; the result does not depend on the machine's speed)")
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"training steps (default {DEMO_STEPS}, or {DEMO_STEPS_BF16} where training runs in bf16: a CPU "
+                        "with bf16 matrix units (AMX) or CUDA; the result does not depend on the machine's speed)")
     p.add_argument("--minutes", type=float, default=None,
                    help="optional cap on the training time in minutes (then a busy machine trains fewer steps)")
     p.add_argument("--size", default="small", choices=["tiny", "small", "medium", "large"], help="built-in set size")
