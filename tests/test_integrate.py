@@ -181,3 +181,18 @@ def test_wrong_device_named():
     s, f, t, d, b = make_inputs(6, 5, 4)
     with pytest.raises(ValueError, match="'depths' expected device cpu"):
         dgnerf.ops.integrate_features(s, f, t.to("meta"), d, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+def test_all_finite_agrees_with_isfinite(dtype):
+    # the ops' result checks use one min/max pass (dgnerf.ops.all_finite): it must see every NaN and Inf
+    from dgnerf.ops import all_finite
+
+    t = torch.randn(300, 7).to(dtype)
+    assert all_finite(t, None, torch.arange(3), torch.empty(0, dtype=dtype)) is True
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        for where in ((0, 0), (123, 4), (299, 6)):
+            u = t.clone()
+            u[where] = bad
+            assert all_finite(u) is False and all_finite(t, u) is False
+            assert all_finite(u[:, ::2]) is bool(torch.isfinite(u[:, ::2]).all())  # strided views too

@@ -57,7 +57,8 @@ def add_train_arguments(p):
     p.add_argument("--max-minutes", type=float, dest="max_minutes", help="stop with a checkpoint after this wall time")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")
     p.add_argument("--model", type=json_object, help='HeadConfig overrides as JSON, e.g. \'{"feature_size": 16}\'')
-    p.add_argument("--no-amp", dest="amp", action="store_false", default=None, help="no bf16 autocast on CUDA")
+    p.add_argument("--no-amp", dest="amp", action="store_false", default=None,
+                   help="train in float32 (default: bf16 on CUDA and on CPUs with bf16 matrix units, AMX)")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
     p.add_argument("--max-bad-steps", type=int, dest="max_bad_steps",
                    help="steps in a row with a NaN/Inf loss or gradient (each skipped) before training stops (default 5)")

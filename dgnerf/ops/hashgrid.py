@@ -186,7 +186,7 @@ def hash_encode(
         out = torch.ops.dgnerf.hash_encode(xin, table.contiguous(), lo, hi, base_resolution, finest_resolution, out_dt)
     else:
         out = hash_encode_reference(xin, table, base_resolution, finest_resolution, lo, hi, out_dt)
-    if checks and not bool(torch.isfinite(out).all()):
+    if checks and not _common.all_finite(out):
         _common.check_finite(OP, {"table": table})
         _common.fail(OP, f"the result is not finite although every input is (out_dtype {out.dtype} overflow?)")
     return out.reshape(lead + (L * F,))

@@ -76,7 +76,7 @@ def integrate_features(sigma: torch.Tensor, features: torch.Tensor, depths: torc
         f, o, d = f.reshape(lead + (C,)), o.reshape(lead), d.reshape(lead)
     else:
         f, o, d = integrate_features_reference(sigma, features, depths, deltas, background, threshold)
-    if checks and not bool(torch.isfinite(f).all()):
+    if checks and not _common.all_finite(f):
         _common.check_finite(OP, {"features": features})
         _common.fail(OP, "the result is not finite although every input is")
     return f, o, d

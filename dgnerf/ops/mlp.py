@@ -235,7 +235,7 @@ def field_mlp(x_enc: torch.Tensor, d_enc: torch.Tensor, cond0: torch.Tensor, con
             cw(weights.dir_b), cw(weights.out_w), cw(weights.out_b),
             -1 if weights.skip is None else int(weights.skip), feature, precision.code, save,
         )
-    if _common.checks_enabled() and not bool(torch.isfinite(sigma).all() & torch.isfinite(out).all()):
+    if _common.checks_enabled() and not _common.all_finite(sigma, out):
         named = {"x_enc": x_enc, "d_enc": d_enc, "cond0": cond0, "cond_skip": cond_skip}
         named.update({f"weights.{k}": getattr(weights, k) for k in ("w0x", "sigma_w", "dir_w", "out_w")})
         named.update({f"weights.hidden_w[{i}]": w for i, w in enumerate(weights.hidden_w)})

@@ -471,7 +471,7 @@ class Trainer:
         if not bool(torch.isfinite(loss)):
             return False
         grads = [p.grad for p in list(self.model.parameters()) + (self.camera or []) if p.grad is not None]
-        return all(bool(torch.isfinite(g).all()) for g in grads)
+        return ops.all_finite(*grads)
 
     def _agree(self, ok: bool) -> bool:
         """Under DDP every process takes the same decision (one that skipped while another stepped would hang)."""
