@@ -102,7 +102,9 @@ def test_train_step_contended(demo_set, tmp_path):
     quiet, busy = _quiet_and_busy(fns, iters=5, warmup=2)
     c = trainers[1].model_cfg
     shape = {"config": "demo", "batch": batch, "image": c.image_size, "feature": c.feature_size, "samples": c.n_samples}
-    _record("train step (demo config)", torch.float32, shape, quiet, busy, 1)
+    # the fast trainer runs bf16 on a CPU with bf16 matrix units (TrainConfig.amp): the record says which
+    _record("train step (demo config)", torch.bfloat16 if trainers[1].precision == "bf16" else torch.float32, shape,
+            quiet, busy, 1)
 
 
 def test_fit_iteration_contended(demo_set, tmp_path):

@@ -32,7 +32,7 @@ def _img_per_s(data, out, path, device, model, batch, steps):
         t.train_step(s)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return batch * steps / (time.perf_counter() - t0)
+    return batch * steps / (time.perf_counter() - t0), t.precision
 
 
 # The paper's field at full size (32x32 rays x 64 samples, 8x256 MLP, 512 features) with the renderer
@@ -46,13 +46,15 @@ def test_bench_train_throughput(device, small_set, tmp_path, config):
         pytest.skip("paper-size training step: GPU only (minutes per step group on this CPU)")
     model = DEMO_MODEL if config == "demo" else PAPER_FIELD
     batch, steps = (8, 3) if device.type == "cpu" else ((8, 20) if config == "demo" else (4, 10))
-    ref = _img_per_s(small_set, str(tmp_path / "r"), "reference", device, model, batch, steps)
-    fast = _img_per_s(small_set, str(tmp_path / "f"), "fast", device, model, batch, steps)
+    ref, _ = _img_per_s(small_set, str(tmp_path / "r"), "reference", device, model, batch, steps)
+    # the fast path trains in bf16 on CUDA and on CPUs with bf16 matrix units (TrainConfig.amp); the record says which
+    fast, precision = _img_per_s(small_set, str(tmp_path / "f"), "fast", device, model, batch, steps)
     from dgnerf.model import HeadConfig
 
     c = HeadConfig(**model)
     shape = {"config": config, "batch": batch, "image": c.image_size, "feature": c.feature_size,
              "samples": c.n_samples, "mlp": f"{c.mlp_depth}x{c.mlp_width}"}
     # record in ms per image so that speedup = reference / fast as for every other record
-    record("train step (per image)", device, torch.float32, shape, 1e3 / ref, 1e3 / fast,
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    record("train step (per image)", device, dtype, shape, 1e3 / ref, 1e3 / fast,
            reference_img_s=round(ref, 2), fast_img_s=round(fast, 2))
