@@ -12,6 +12,7 @@ import warnings
 
 import torch
 
+from dgnerf import threads
 from dgnerf._version import __version__
 
 _META_PATH = os.path.join(os.path.dirname(__file__), "_build_meta.json")
@@ -107,5 +108,8 @@ def info() -> dict:
         "cuda_kernels": loaded and has_kernel("integrate_features", "cuda"),
         "cuda_arch_list": compiled.get("arch_list", build_meta.get("arch_list", "")),
         "cpu_vector_isa": isa,
+        # training arithmetic on this CPU (TrainConfig.amp): bf16 with AMX, else float32 (docs/performance.md)
+        "cpu_training": "bf16" if threads.cpu_bf16_fast() else "fp32",
+        "cpu_bf16_epilogues": bool(loaded and hasattr(torch.ops.dgnerf, "bf16_rows") and torch.ops.dgnerf.bf16_rows(-1)),
         "threads": torch.get_num_threads(),
     }

@@ -124,3 +124,14 @@ def test_freed_memory_is_reused_without_page_faults_unless_the_environment_says(
     kept, control = _faults("keep", MALLOC_TOP_PAD_="0")
     assert faults < 1000 and control > 10000, (faults, control)
     assert kept == "False"  # the user's own malloc setting is left alone
+
+
+def test_info_names_the_cpu_training_arithmetic(monkeypatch):
+    # `dgnerf info` says whether this CPU trains in bf16 (AMX) or float32, as the trainer will decide
+    from dgnerf import _ext
+
+    monkeypatch.setenv("DGNERF_CPU_BF16", "1")
+    assert _ext.info()["cpu_training"] == "bf16"
+    monkeypatch.setenv("DGNERF_CPU_BF16", "0")
+    info = _ext.info()
+    assert info["cpu_training"] == "fp32" and isinstance(info["cpu_bf16_epilogues"], bool)
