@@ -72,8 +72,10 @@ def test_configure_rejects_a_bad_count():
 
 
 @pytest.mark.skipif(not HAS_KERNEL, reason="dgnerf._C without field_mlp")
-def test_mlp_gradients_do_not_depend_on_the_thread_count():
-    """The backward sums weight gradients per fixed group of tiles: the same bits with 1, 2 or 3 threads."""
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_mlp_gradients_do_not_depend_on_the_thread_count(precision):
+    """The backward sums weight gradients per fixed group of tiles (whose size depends on the batch's shape, not on
+    the threads): the same bits with 1, 2 or 3 threads."""
     torch.manual_seed(0)
     m = make_mlp(B=2, P=3000)
     g = torch.randn(2, 3000, 48)
@@ -84,7 +86,7 @@ def test_mlp_gradients_do_not_depend_on_the_thread_count():
             torch.set_num_threads(n)
             for p in params_of(m):
                 p.grad = None
-            sigma, feat = run_fused(m)
+            sigma, feat = run_fused(m, precision=precision)
             ((feat * g).sum() + sigma.square().sum()).backward()
             grads.append([p.grad.clone() for p in params_of(m)])
     finally:
