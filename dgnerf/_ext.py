@@ -110,6 +110,7 @@ def info() -> dict:
         "cpu_vector_isa": isa,
         # training arithmetic on this CPU (TrainConfig.amp): bf16 with AMX, else float32 (docs/performance.md)
         "cpu_training": "bf16" if threads.cpu_bf16_fast() else "fp32",
-        "cpu_bf16_epilogues": bool(loaded and hasattr(torch.ops.dgnerf, "bf16_rows") and torch.ops.dgnerf.bf16_rows(-1)),
+        "cpu_bf16_epilogues": bool(loaded and hasattr(torch.ops.dgnerf, "bf16_rows")
+                                   and torch.ops.dgnerf.bf16_rows(-1)),
         "threads": torch.get_num_threads(),
     }

@@ -6,7 +6,8 @@ iterations of the held-out person (`dgnerf fit`). Every float the pipeline produ
 tests/golden/golden.safetensors.
 
 Bit-for-bit comparison needs the same arithmetic: the same CPU instruction set (MKL and oneDNN pick their
-kernels by ISA and CPU vendor) and the same thread count (ATen's own reductions may split by thread). The test pins 2 threads; on a machine whose ISA differs from the one the values were recorded on, it compares
+kernels by ISA and CPU vendor) and the same thread count (ATen's own reductions may split by thread). The test pins
+2 threads; on a machine whose ISA or CPU vendor differs from the one the values were recorded on, it compares
 within float32 rounding instead and says so.
 
 Regenerate (only for a deliberate change of behaviour, never to make a refactor pass):

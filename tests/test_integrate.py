@@ -196,3 +196,5 @@ def test_all_finite_agrees_with_isfinite(dtype):
             u[where] = bad
             assert all_finite(u) is False and all_finite(t, u) is False
             assert all_finite(u[:, ::2]) is bool(torch.isfinite(u[:, ::2]).all())  # strided views too
+    if dtype == torch.float64:
+        assert all_finite(torch.tensor([1e300, -1e300], dtype=dtype)) is True  # finite beyond float32's range

@@ -82,7 +82,7 @@ def test_cpu_bf16_training_learns_like_float32(tiny_set, tmp_path, monkeypatch):
     kw = dict(steps=60, lr=3e-3, log_every=1, batch_size=4, checkpoint_every=60)
     monkeypatch.setenv("DGNERF_CPU_BF16", "1")
     res = Trainer(tiny_cfg(tiny_set, tmp_path / "bf16", **kw)).fit()
-    again = Trainer(tiny_cfg(tiny_set, tmp_path / "bf16b", **kw)).fit()
+    Trainer(tiny_cfg(tiny_set, tmp_path / "bf16b", **kw)).fit()  # the same run again
     monkeypatch.setenv("DGNERF_CPU_BF16", "0")
     ref = Trainer(tiny_cfg(tiny_set, tmp_path / "fp32", **kw)).fit()
     assert res["precision"] == "bf16" and ref["precision"] == "fp32"

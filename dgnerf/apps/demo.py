@@ -68,6 +68,8 @@ def demo_steps() -> int:
     """The demo's number of training steps on this machine: DEMO_STEPS_BF16 where it trains in bf16, else DEMO_STEPS."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return DEMO_STEPS_BF16 if training_precision(True, "fast", device) == "bf16" else DEMO_STEPS
+
+
 # Fitting ONE image of an unseen person: its identity and expression codes and camera (200 steps), then a copy of
 # the model fine-tuned on that image with the fitted codes (100 steps). Codes alone stop improving within 100 steps
 # at this model size; the fine-tuning step brings the image's detail and also improves the person's other frames

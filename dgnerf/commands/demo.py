@@ -9,8 +9,8 @@ def register(sub):
                                     "on a 2-core CPU) -> out/", description=__doc__)
     p.add_argument("--out", default="out", help="output directory (default out/)")
     p.add_argument("--steps", type=int, default=None,
-                   help=f"training steps (default {DEMO_STEPS}, or {DEMO_STEPS_BF16} where training runs in bf16: a CPU "
-                        "with bf16 matrix units (AMX) or CUDA; the result does not depend on the machine's speed)")
+                   help=f"training steps (default {DEMO_STEPS}, or {DEMO_STEPS_BF16} where training runs in bf16: "
+                        "a CPU with bf16 matrix units (AMX) or CUDA; the result does not depend on the machine's speed)")
     p.add_argument("--minutes", type=float, default=None,
                    help="optional cap on the training time in minutes (then a busy machine trains fewer steps)")
     p.add_argument("--size", default="small", choices=["tiny", "small", "medium", "large"], help="built-in set size")

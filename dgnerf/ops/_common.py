@@ -109,7 +109,7 @@ def all_finite(*tensors) -> bool:
     for t in tensors:
         if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel() > 0:
             lo, hi = torch.aminmax(t.detach())
-            ends += [lo.float(), hi.float()]
+            ends += [lo.double(), hi.double()]  # float64: a finite float64 beyond float32's range stays finite
     return not ends or bool(torch.isfinite(torch.stack(ends)).all())
 
 
