@@ -37,22 +37,6 @@ bool cpu_bf16_tile(const at::Tensor& t) {
   return t.device().is_cpu() && t.scalar_type() == at::kBFloat16 && t.is_contiguous();
 }
 
-// ReLU's backward on a tile, g where h > 0 (at::threshold_backward(g, h, 0)), and, when `colsum` (a float32
-// row) is defined, colsum += its column sums (the bias's gradient): one vectorized pass for CPU bf16 tiles.
-at::Tensor relu_grad(const at::Tensor& g, const at::Tensor& h, const at::Tensor& colsum) {
-  if (cpu_bf16_tile(g) && cpu_bf16_tile(h) && (!colsum.defined() || (colsum.scalar_type() == at::kFloat &&
-                                                                     colsum.is_contiguous()))) {
-    at::Tensor out = at::empty_like(g);
-    if (bf16_relu_grad(bf16_bits(out), bf16_bits(g), bf16_bits(h), g.size(0), g.size(1),
-                       colsum.defined() ? colsum.data_ptr<float>() : nullptr)) {
-      return out;
-    }
-  }
-  at::Tensor out = at::threshold_backward(g, h, 0);
-  if (colsum.defined()) colsum.add_(at::sum(out, {0}, false, colsum.scalar_type()));
-  return out;
-}
-
 // out += bias (one row, broadcast over the rows of a contiguous tile) and ReLU, in one pass over the
 // tile while it is in cache (ATen's addmm would first copy the broadcast bias into out: a strided pass
 // that cost ~12% of the CPU forward). ReLU keeps NaN (a NaN input must not turn into a silent 0).
@@ -145,6 +129,22 @@ void acc_mm(const at::Tensor& acc, const at::Tensor& a, const at::Tensor& b) {
 }
 
 void acc_colsum(const at::Tensor& acc, const at::Tensor& g) { acc.add_(at::sum(g, {0}, false, acc.scalar_type())); }
+
+// ReLU's backward on a tile, g where h > 0 (at::threshold_backward(g, h, 0)), and, when `colsum` (a float32
+// row) is defined, colsum += its column sums (the bias's gradient): one vectorized pass for CPU bf16 tiles.
+at::Tensor relu_grad(const at::Tensor& g, const at::Tensor& h, const at::Tensor& colsum) {
+  if (cpu_bf16_tile(g) && cpu_bf16_tile(h) && (!colsum.defined() || (colsum.scalar_type() == at::kFloat &&
+                                                                     colsum.is_contiguous()))) {
+    at::Tensor out = at::empty_like(g);
+    if (bf16_relu_grad(bf16_bits(out), bf16_bits(g), bf16_bits(h), g.size(0), g.size(1),
+                       colsum.defined() ? colsum.data_ptr<float>() : nullptr)) {
+      return out;
+    }
+  }
+  at::Tensor out = at::threshold_backward(g, h, 0);
+  if (colsum.defined()) acc_colsum(colsum, out);
+  return out;
+}
 
 at::Tensor scratch(std::vector<at::Tensor>& work, size_t slot, int64_t rows, int64_t cols, const at::TensorOptions& opt) {
   if (work.size() <= slot) work.resize(slot + 1);

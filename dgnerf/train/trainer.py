@@ -468,10 +468,8 @@ class Trainer:
     # ------------------------------------------------------------------ faults
     def _finite(self, loss) -> bool:
         """The loss and every gradient are finite (read only: a run without faults computes what it did)."""
-        if not bool(torch.isfinite(loss)):
-            return False
         grads = [p.grad for p in list(self.model.parameters()) + (self.camera or []) if p.grad is not None]
-        return ops.all_finite(*grads)
+        return ops.all_finite(loss, *grads)  # one host sync for the loss and every gradient
 
     def _agree(self, ok: bool) -> bool:
         """Under DDP every process takes the same decision (one that skipped while another stepped would hang)."""
